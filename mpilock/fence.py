@@ -1,0 +1,131 @@
+"""Fences: ``single_write`` blocks that one rank runs while the others wait."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .errors import FencedSignal, FenceError
+from .server.protocol import FenceStatus, Op, Reply
+
+if TYPE_CHECKING:
+    from .controller import WindowController
+
+_UNSET: Any = object()
+
+
+class Fence:
+    """One ``single_write`` block: fences off every rank but the writer.
+
+    Use it as ``with controller.single_write() as fence:``, call
+    :meth:`guard` first thing in the block, and :meth:`share` on the writer to
+    hand an object to the others, who :meth:`collect` it after the block.
+    """
+
+    def __init__(self, controller: WindowController, writer: int, number: int, handle: Any = _UNSET) -> None:
+        """Fence number ``number`` of ``controller``, written by rank ``writer``."""
+        self._ctrl = controller
+        self.writer = writer
+        """Rank that runs the block."""
+        self.number = number
+        """Position of this fence among the controller's fences (same on all ranks)."""
+        self.access = controller.rank == writer
+        """Whether this rank is the writer."""
+        self._handle = handle
+        self._inside = False
+        self._ended = False
+        self._status = FenceStatus.OK_EMPTY
+        self._payload: bytes | None = None
+        self._shared: Any = _UNSET
+        self._release: str | None = None
+
+    # -- the user API --------------------------------------------------------
+    def guard(self) -> None:
+        """Send every rank but the writer to the end of the ``with`` block."""
+        if not self.access:
+            raise FencedSignal()
+
+    def share(self, obj: Any) -> None:
+        """On the writer, inside the block: hand ``obj`` to the other ranks.
+
+        ``obj`` is cloudpickled now; an object that cannot be pickled (an open
+        ``h5py.File``, a lock, a socket) raises here, on the writer, and every
+        other rank gets :class:`FenceError`.
+        """
+        if not self.access:
+            raise FenceError(f"share() called on rank {self._ctrl.rank}, but only writer rank {self.writer} may share")
+        if not self._inside:
+            raise FenceError("share() must be called inside the single_write block")
+        self._payload = cloudpickle.dumps(obj)
+        self._shared = obj
+
+    def collect(self) -> Any:
+        """After the block, on any rank: the shared object (``None`` if nothing was shared).
+
+        Not collective: any subset of ranks may call it, any number of times,
+        until the controller's next ``single_write`` starts.
+        """
+        if not self._ended:
+            raise FenceError("collect() must be called after the single_write block")
+        if self._status == FenceStatus.FAILED:
+            raise FenceError(f"nothing to collect: the single_write block failed on rank {self.writer}", self.writer)
+        if self._shared is not _UNSET:
+            return self._shared
+        if self._status == FenceStatus.OK_EMPTY:
+            return None
+        if self._ctrl._fences_started > self.number + 1:
+            raise FenceError("collect() must be called before the next single_write of the same controller")
+        answer = self._ctrl._link_call(Op.COLLECT, self.number)
+        self._shared = cloudpickle.loads(answer.payload or b"")
+        return self._shared
+
+    # -- the with block ------------------------------------------------------
+    def __enter__(self) -> Any:
+        """Writer: take the write lock. Everyone: return the ``as`` target."""
+        if self.access:
+            self._release = self._ctrl._fence_acquire(self.number)
+        elif self._ctrl._mode is not None:
+            raise FenceError(
+                f"rank {self._ctrl.rank} entered single_write while holding a lock; "
+                "the writer could never get the write lock"
+            )
+        self._inside = True
+        if self._handle is _UNSET:
+            return self
+        return self._handle if self.access else None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        """Writer: publish the outcome and release. Others: wait for the writer."""
+        self._inside = False
+        if self.access:
+            return self._exit_writer(exc)
+        answer = self._ctrl._link_call(Op.FENCE_WAIT, self.number)
+        self._ended = True
+        self._status = FenceStatus(answer.aux)
+        if self._status == FenceStatus.FAILED:
+            cause = (answer.payload or b"").decode(errors="replace")
+            raise FenceError(f"single_write failed on writer rank {self.writer}: {cause}", self.writer, cause) from exc
+        return exc is None or isinstance(exc, FencedSignal)
+
+    def _exit_writer(self, exc: BaseException | None) -> bool:
+        payload = self._payload
+        if exc is not None and not isinstance(exc, FencedSignal):
+            self._status = FenceStatus.FAILED
+            payload = f"{type(exc).__name__}: {exc}".encode()
+            self._shared = _UNSET
+        elif payload is not None:
+            self._status = FenceStatus.OK_PAYLOAD
+        try:
+            answer = self._ctrl._link_call(Op.FENCE_END, self.number, self._status, payload)
+            if answer.code != Reply.FENCE_DONE:
+                raise FenceError(f"unexpected answer {answer.code!r} to the end of fence {self.number}")
+        finally:
+            self._ended = True
+            self._payload = None
+            assert self._release is not None
+            self._ctrl._release(self._release)
+        return exc is None or isinstance(exc, FencedSignal)

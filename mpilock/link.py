@@ -1,0 +1,99 @@
+"""The client side of the wire: send requests to the master, poll for replies."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from mpi4py import MPI
+
+from .errors import MpilockError
+from .server.backoff import Backoff
+from .server.protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A reply as received by a client."""
+
+    code: Reply
+    seq: int
+    arg: int
+    aux: int
+    payload: bytes | None
+
+
+class Link:
+    """One rank's connection to the lock server over the private communicator."""
+
+    def __init__(self, comm: MPI.Intracomm, master: int) -> None:
+        """Talk to the server on rank ``master`` of the private ``comm``."""
+        self.comm = comm
+        self.master = master
+        self._seq = 0
+        self._sends: list[tuple[MPI.Request, Any]] = []
+        self._header = array("q", bytes(8 * HEADER_LEN))
+        self._recv: MPI.Request | None = None
+
+    def send(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, seq: int | None = None) -> int:
+        """Send a request without waiting; return its sequence number."""
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        data = payload or b""
+        header = array("q", [op, seq, arg, aux, len(data)])
+        self._flush()
+        self._sends.append((self.comm.Isend([header, MPI.INT64_T], self.master, TAG_REQUEST), header))
+        if data:
+            self._sends.append((self.comm.Isend([data, MPI.BYTE], self.master, TAG_PAYLOAD), data))
+        return seq
+
+    def wait(self, seq: int, accept: frozenset[Reply] | None = None, deadline: float | None = None) -> Answer | None:
+        """Poll for the reply to ``seq`` (with a code in ``accept``) until ``deadline``.
+
+        Replies to other requests (left over from a withdrawn request) are
+        dropped.  Returns ``None`` if ``deadline`` (``time.monotonic()``) passes.
+        """
+        backoff = Backoff()
+        while True:
+            if self._recv is None:
+                self._recv = self.comm.Irecv([self._header, MPI.INT64_T], self.master, TAG_REPLY)
+            if self._recv.Test():
+                self._recv = None
+                answer = self._take()
+                if answer.seq == seq and (accept is None or answer.code in accept or answer.code == Reply.ERROR):
+                    if answer.code == Reply.ERROR:
+                        text = (answer.payload or b"").decode(errors="replace")
+                        raise MpilockError(f"lock server rejected the request: {text}")
+                    return answer
+                backoff.reset()
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            backoff.pause()
+
+    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
+        """Send a request and wait for its reply."""
+        answer = self.wait(self.send(op, arg, aux, payload))
+        assert answer is not None  # no deadline
+        return answer
+
+    def _take(self) -> Answer:
+        code, seq, arg, aux, nbytes = self._header.tolist()
+        payload = None
+        if nbytes:
+            buf = bytearray(nbytes)
+            self.comm.Recv([buf, MPI.BYTE], self.master, TAG_PAYLOAD)
+            payload = bytes(buf)
+        return Answer(Reply(code), seq, arg, aux, payload)
+
+    def _flush(self) -> None:
+        if self._sends:
+            self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+
+    def finish(self) -> None:
+        """Complete every send still in flight (before the communicator is freed)."""
+        MPI.Request.Waitall([r for r, _ in self._sends])
+        self._sends.clear()

@@ -1,0 +1,23 @@
+"""Values the core hands to its driver: replies to send and protocol errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .protocol import Reply
+
+
+class ProtocolError(Exception):
+    """A client sent a request that breaks the protocol (a bug, not user input)."""
+
+
+@dataclass(frozen=True)
+class Send:
+    """One reply for the I/O layer to send to ``rank``."""
+
+    rank: int
+    code: Reply
+    seq: int
+    arg: int = 0
+    aux: int = 0
+    payload: bytes | None = None
