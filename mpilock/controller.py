@@ -6,6 +6,7 @@ import atexit
 import time
 import warnings
 import itertools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -16,7 +17,8 @@ from mpi4py import MPI
 from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence
 from .link import Answer, Link
-from .server.loop import SERVICE, Channel, Observer
+from .trace import Recorder
+from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
@@ -65,16 +67,25 @@ class WindowController:
     ``comm``.  Creating and closing a controller are collective.
     """
 
-    def __init__(self, comm: MPI.Intracomm | None = None, master: int = 0, *, observer: Observer | None = None) -> None:
-        """Create the lock on ``comm`` (default ``COMM_WORLD``) served by rank ``master``."""
+    def __init__(
+        self, comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Create the lock on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
+
+        ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
+        Chrome trace-event JSON file the master writes at close.
+        """
         user_comm = _check_args(comm, master)
         self._comm: MPI.Intracomm = user_comm.Dup()
         self._master = master
         self._rank = self._comm.Get_rank()
         self._size = self._comm.Get_size()
         self._channel: Channel | None = None
+        self._trace_path = trace if trace is not None else os.environ.get("MPILOCK_TRACE") or None
+        self._recorder: Recorder | None = None
         if self._rank == master:
-            self._channel = Channel(self._comm, observer)
+            self._recorder = Recorder(self._size, keep_events=self._trace_path is not None)
+            self._channel = Channel(self._comm, self._recorder.observe)
             SERVICE.add(self._channel)
         self._link = Link(self._comm, master)
         self._mode: str | None = None  # None, "read" or "write": what the server thinks we hold
@@ -197,6 +208,17 @@ class WindowController:
         self._link.send(Op.RELEASE)
         self._mode = None
 
+    def stats(self) -> dict[str, Any]:
+        """Collective: per-rank lock counts, wait-time percentiles and hold times.
+
+        Computed by the server from what it saw so far; every rank gets the
+        same dict (see :meth:`mpilock.trace.Recorder.stats`).
+        """
+        self._check_open()
+        summary = self._recorder.stats() if self._recorder is not None else None
+        result: dict[str, Any] = self._comm.bcast(summary, root=self._master)
+        return result
+
     def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
         self._check_open()
         return self._link.call(op, arg, aux, payload)
@@ -222,6 +244,8 @@ class WindowController:
         _OPEN.pop(self._serial, None)
         if self._channel is not None:
             self._channel.finished.wait()
+        if self._recorder is not None and self._trace_path is not None:
+            self._recorder.write_chrome_trace(self._trace_path)
         self._link.finish()
         self._comm.Free()
 

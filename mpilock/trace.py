@@ -1,0 +1,115 @@
+"""Lock tracing: what the server saw, as statistics and as a Chrome trace.
+
+The server thread calls :meth:`Recorder.observe` after every request.  It
+keeps per-rank counters always (cheap) and, when tracing is on, the
+arrival/grant/release times of every lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .server.events import Send
+from .server.protocol import Op, Reply
+
+
+class Recorder:
+    """Per-rank lock statistics and (optionally) a full event log."""
+
+    def __init__(self, size: int, keep_events: bool = False) -> None:
+        """Record for ``size`` ranks; keep every event only if ``keep_events``."""
+        self.size = size
+        self.keep_events = keep_events
+        self.events: list[tuple[float, int, str, str]] = []
+        """(time, rank, phase, kind) with phase in request/grant/release/cancel."""
+        self._pending: dict[int, tuple[float, str]] = {}
+        self._held: dict[int, tuple[float, str]] = {}
+        self.counts = [{"read": 0, "write": 0} for _ in range(size)]
+        self.waits: list[list[float]] = [[] for _ in range(size)]
+        self.hold_total = [0.0] * size
+
+    def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Send]) -> None:
+        """Account for one request and the replies it caused."""
+        if op in (Op.READ, Op.WRITE, Op.FENCE_BEGIN):
+            kind = "read" if op == Op.READ else "write"
+            self._pending[rank] = (now, kind)
+            self._log(now, rank, "request", kind)
+        elif op == Op.RELEASE and rank in self._held:
+            start, kind = self._held.pop(rank)
+            self.hold_total[rank] += now - start
+            self._log(now, rank, "release", kind)
+        elif op == Op.CANCEL:
+            if rank in self._held:
+                start, kind = self._held.pop(rank)
+                self.hold_total[rank] += now - start
+            elif rank in self._pending:
+                _, kind = self._pending.pop(rank)
+            else:
+                kind = "read"
+            self._log(now, rank, "cancel", kind)
+        for reply in replies:
+            if reply.code == Reply.GRANTED and reply.rank in self._pending:
+                asked, kind = self._pending.pop(reply.rank)
+                self._held[reply.rank] = (now, kind)
+                self.counts[reply.rank][kind] += 1
+                self.waits[reply.rank].append(now - asked)
+                self._log(now, reply.rank, "grant", kind)
+            elif reply.code == Reply.DENIED:
+                self._pending.pop(reply.rank, None)
+
+    def _log(self, now: float, rank: int, phase: str, kind: str) -> None:
+        if self.keep_events:
+            self.events.append((now, rank, phase, kind))
+
+    def stats(self) -> dict[str, Any]:
+        """Per-rank counts, wait percentiles (p50/p90/p99/max, seconds) and total hold time."""
+        ranks = []
+        for rank in range(self.size):
+            waits = sorted(self.waits[rank])
+            ranks.append(
+                {
+                    "rank": rank,
+                    "reads": self.counts[rank]["read"],
+                    "writes": self.counts[rank]["write"],
+                    "wait_p50": _percentile(waits, 50),
+                    "wait_p90": _percentile(waits, 90),
+                    "wait_p99": _percentile(waits, 99),
+                    "wait_max": waits[-1] if waits else 0.0,
+                    "hold_total": self.hold_total[rank],
+                }
+            )
+        return {"ranks": ranks}
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """The event log as a Chrome trace-event document (opens in Perfetto)."""
+        if not self.events:
+            return {"traceEvents": [], "displayTimeUnit": "ms"}
+        origin = self.events[0][0]
+        out: list[dict[str, Any]] = []
+        open_spans: dict[int, tuple[float, str, str]] = {}
+        for now, rank, phase, kind in self.events:
+            us = (now - origin) * 1e6
+            if rank in open_spans:
+                start, name, _ = open_spans.pop(rank)
+                out.append({"name": name, "ph": "X", "pid": 0, "tid": rank, "ts": start, "dur": us - start})
+            if phase == "request":
+                open_spans[rank] = (us, f"wait {kind}", kind)
+            elif phase == "grant":
+                open_spans[rank] = (us, kind, kind)
+        for rank in range(self.size):
+            out.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
+        return {"traceEvents": out, "displayTimeUnit": "ms"}
+
+    def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`chrome_trace` as JSON to ``path``."""
+        with open(path, "w") as f:
+            json.dump(self.chrome_trace(), f)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[index]

@@ -1,0 +1,18 @@
+"""Fixtures for the MPI tests: a controller on COMM_WORLD, closed after the test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture
+def ctrl() -> Iterator["mpilock.WindowController"]:  # noqa: F821
+    import mpilock
+
+    controller = mpilock.sync()
+    try:
+        yield controller
+    finally:
+        controller.close()

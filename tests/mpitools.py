@@ -1,0 +1,63 @@
+"""Helpers shared by the MPI tests: rank counts, interval checks, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from mpi4py import MPI
+
+RANKS = [int(n) for n in os.environ.get("MPILOCK_TEST_RANKS", "1 2 3 4").split()]
+"""Rank counts every MPI test runs at (``make test-mpi RANKS="..."`` sets them)."""
+
+TIMEOUT = float(os.environ.get("MPILOCK_TEST_TIMEOUT", "60"))
+
+
+def mpi(min_ranks: int = 1, timeout: float = TIMEOUT) -> pytest.MarkDecorator:
+    """Run the test in its own ``mpiexec`` at every rank count >= ``min_ranks``, under a timeout."""
+    return pytest.mark.mpi(ranks=[n for n in RANKS if n >= min_ranks], timeout=timeout)
+
+
+class Intervals:
+    """Records ``time.monotonic()`` intervals during which this rank held a lock."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, float, float]] = []
+
+    @contextmanager
+    def hold(self, kind: str, seconds: float = 0.0) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+            if seconds:
+                time.sleep(seconds)
+        finally:
+            self.spans.append((kind, start, time.monotonic()))
+
+    def gather(self, comm: MPI.Intracomm) -> list[tuple[int, str, float, float]]:
+        """Every rank's spans, on every rank, as (rank, kind, start, end)."""
+        return [(rank, k, s, e) for rank, spans in enumerate(comm.allgather(self.spans)) for k, s, e in spans]
+
+
+def overlaps(spans: list[tuple[int, str, float, float]]) -> list[tuple[tuple, tuple]]:
+    """Pairs of spans of different ranks that overlap while one of them is a write."""
+    bad = []
+    for i, a in enumerate(spans):
+        for b in spans[i + 1 :]:
+            if a[0] != b[0] and "write" in (a[1], b[1]) and a[2] < b[3] and b[2] < a[3]:
+                bad.append((a, b))
+    return bad
+
+
+def wait_all_inside(comm: MPI.Intracomm, seconds: float = 20.0) -> bool:
+    """Non-blocking barrier with a deadline: True if every rank arrived in time."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

@@ -1,0 +1,180 @@
+"""The lock manager core in one process: no MPI, every rule of DESIGN.md."""
+
+import pytest
+
+from mpilock.server.core import LockCore, ProtocolError, Send
+from mpilock.server.protocol import FenceStatus, Flag, Op, Reply
+
+
+def granted(replies: list[Send]) -> list[int]:
+    return [s.rank for s in replies if s.code == Reply.GRANTED]
+
+
+def test_readers_are_granted_together():
+    core = LockCore(4)
+    assert granted(core.handle(0, Op.READ, 1)) == [0]
+    assert granted(core.handle(1, Op.READ, 1)) == [1]
+    assert set(core.readers) == {0, 1}
+
+
+def test_writer_waits_for_readers_and_excludes_everyone():
+    core = LockCore(3)
+    core.handle(0, Op.READ, 1)
+    assert core.handle(1, Op.WRITE, 1) == []
+    assert granted(core.handle(0, Op.RELEASE, 2)) == [1]
+    assert core.writer == (1, 1)
+    assert core.handle(2, Op.READ, 1) == []
+    assert core.handle(0, Op.WRITE, 3) == []
+
+
+def test_writer_priority_over_later_readers():
+    core = LockCore(4)
+    core.handle(0, Op.READ, 1)
+    core.handle(1, Op.WRITE, 1)  # queued behind the reader
+    assert core.handle(2, Op.READ, 1) == []  # a new reader must wait for the queued writer
+    out = core.handle(0, Op.RELEASE, 2)
+    assert granted(out) == [1]
+    out = core.handle(1, Op.RELEASE, 2)
+    assert granted(out) == [2]
+
+
+def test_writers_in_arrival_order_then_all_readers_at_once():
+    core = LockCore(5)
+    core.handle(0, Op.WRITE, 1)
+    core.handle(3, Op.WRITE, 1)
+    core.handle(1, Op.READ, 1)
+    core.handle(2, Op.WRITE, 1)
+    core.handle(4, Op.READ, 1)
+    order = []
+    holder = 0
+    for _ in range(3):
+        out = core.handle(holder, Op.RELEASE, 9)
+        order.append(granted(out))
+        holder = order[-1][0]
+    assert order == [[3], [2], [1, 4]]
+
+
+def test_try_request_is_denied_without_queueing():
+    core = LockCore(2)
+    core.handle(0, Op.WRITE, 1)
+    out = core.handle(1, Op.READ, 5, Flag.TRY)
+    assert out == [Send(1, Reply.DENIED, 5)]
+    assert not core.is_waiting(1)
+    assert granted(core.handle(1, Op.WRITE, 6, Flag.TRY)) == []
+    core.handle(0, Op.RELEASE, 2)
+    assert granted(core.handle(1, Op.READ, 7, Flag.TRY)) == [1]
+
+
+def test_cancel_withdraws_queued_writer_and_unblocks_readers():
+    core = LockCore(3)
+    core.handle(0, Op.READ, 1)
+    core.handle(1, Op.WRITE, 4)
+    assert core.handle(2, Op.READ, 1) == []
+    out = core.handle(1, Op.CANCEL, 4)
+    assert Send(1, Reply.CANCELLED, 4) in out
+    assert granted(out) == [2]  # the withdrawn writer no longer blocks readers
+
+
+def test_cancel_after_grant_hands_the_lock_back():
+    core = LockCore(2)
+    assert granted(core.handle(0, Op.WRITE, 3)) == [0]
+    core.handle(1, Op.WRITE, 1)
+    out = core.handle(0, Op.CANCEL, 3)  # the grant raced the timeout
+    assert out[0] == Send(0, Reply.CANCELLED, 3)
+    assert granted(out) == [1]
+    assert core.writer == (1, 1)
+
+
+def test_stale_cancel_is_harmless():
+    core = LockCore(2)
+    core.handle(0, Op.READ, 1)
+    core.handle(0, Op.RELEASE, 2)
+    assert core.handle(0, Op.CANCEL, 1) == [Send(0, Reply.CANCELLED, 1)]
+    assert not core.holds(0)
+
+
+def test_protocol_errors():
+    core = LockCore(2)
+    with pytest.raises(ProtocolError):
+        core.handle(0, Op.RELEASE, 1)
+    core.handle(0, Op.READ, 1)
+    with pytest.raises(ProtocolError):
+        core.handle(0, Op.WRITE, 2)
+    with pytest.raises(ProtocolError):
+        core.handle(5, Op.READ, 1)
+    with pytest.raises(ValueError):
+        LockCore(0)
+
+
+def test_fence_waiters_are_woken_with_the_outcome():
+    core = LockCore(3)
+    assert granted(core.handle(0, Op.FENCE_BEGIN, 1, 0)) == [0]
+    assert core.handle(1, Op.FENCE_WAIT, 1, 0) == []
+    out = core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, b"xyz")
+    assert [(s.rank, s.code, s.aux) for s in out] == [
+        (0, Reply.FENCE_DONE, FenceStatus.OK_PAYLOAD),
+        (1, Reply.FENCE_DONE, FenceStatus.OK_PAYLOAD),
+    ]
+    late = core.handle(2, Op.FENCE_WAIT, 1, 0)
+    assert [(s.rank, s.code) for s in late] == [(2, Reply.FENCE_DONE)]
+    assert core.handle(2, Op.COLLECT, 2, 0)[0].payload == b"xyz"
+    core.handle(0, Op.RELEASE, 3)
+    assert core.writer is None
+
+
+def test_failed_fence_sends_the_error_text_to_waiters():
+    core = LockCore(2)
+    core.handle(1, Op.FENCE_BEGIN, 1, 0)
+    core.handle(0, Op.FENCE_WAIT, 1, 0)
+    out = core.handle(1, Op.FENCE_END, 2, 0, FenceStatus.FAILED, b"KeyError: 'x'")
+    waiter = [s for s in out if s.rank == 0][0]
+    assert waiter.aux == FenceStatus.FAILED and waiter.payload == b"KeyError: 'x'"
+    assert core.fences.records == {}  # nobody can collect a failed fence
+
+
+def test_payload_freed_when_every_rank_collected():
+    core = LockCore(3)
+    core.handle(0, Op.FENCE_BEGIN, 1, 0)
+    core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, b"p" * 100)
+    core.handle(0, Op.RELEASE, 3)
+    for rank in (1, 2):
+        core.handle(rank, Op.FENCE_WAIT, 1, 0)
+    assert core.fences.stored_bytes() == 100
+    core.handle(1, Op.COLLECT, 2, 0)
+    assert core.fences.stored_bytes() == 100
+    core.handle(2, Op.COLLECT, 2, 0)
+    assert core.fences.stored_bytes() == 0
+
+
+def test_uncollected_payloads_do_not_pile_up():
+    size, megabyte = 4, b"x" * 1_000_000
+    core = LockCore(size)
+    peak = 0
+    for fence in range(200):
+        for rank in range(1, size):
+            core.handle(rank, Op.FENCE_WAIT, 1, fence)
+        core.handle(0, Op.FENCE_BEGIN, 1, fence)
+        core.handle(0, Op.FENCE_END, 2, fence, FenceStatus.OK_PAYLOAD, megabyte)
+        core.handle(0, Op.RELEASE, 3)
+        peak = max(peak, core.fences.stored_bytes())
+    assert peak <= 2 * len(megabyte)
+
+
+def test_collect_of_a_forgotten_fence_is_an_error_reply():
+    core = LockCore(2)
+    out = core.handle(1, Op.COLLECT, 7, 3)
+    assert out[0].code == Reply.ERROR and b"fence 3" in (out[0].payload or b"")
+
+
+def test_close_waits_for_every_rank_and_frees_locks():
+    core = LockCore(3)
+    core.handle(1, Op.READ, 1)
+    core.handle(2, Op.WRITE, 1)
+    assert core.handle(0, Op.CLOSE, 1) == []
+    out = core.handle(1, Op.CLOSE, 2)  # rank 1 still held its read: released
+    assert granted(out) == [2]
+    out = core.handle(2, Op.CLOSE, 2)
+    assert sorted(s.rank for s in out if s.code == Reply.CLOSED) == [0, 1, 2]
+    assert core.closed
+    with pytest.raises(ProtocolError):
+        core.handle(0, Op.READ, 3)
