@@ -17,6 +17,7 @@ from mpi4py import MPI
 from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence
 from .link import Answer, Link
+from .nesting import ACQUIRED, LOCAL, PROMOTED
 from .trace import Recorder
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
@@ -24,8 +25,6 @@ from .server.protocol import Flag, Op, Reply
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
 
-LOCAL, ACQUIRED, PROMOTED = "local", "acquired", "promoted"
-"""How an acquire changed this rank's state, so its release can undo exactly that."""
 
 
 def _check_args(comm: Any, master: Any) -> MPI.Intracomm:

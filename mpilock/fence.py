@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .errors import FencedSignal, FenceError
-from .server.protocol import FenceStatus, Op, Reply
+from .nesting import LOCAL, PROMOTED
+from .server.protocol import FenceStatus, Op
 
 if TYPE_CHECKING:
     from .controller import WindowController
@@ -39,7 +40,7 @@ class Fence:
         self._status = FenceStatus.OK_EMPTY
         self._payload: bytes | None = None
         self._shared: Any = _UNSET
-        self._release: str | None = None
+        self._release = LOCAL
 
     # -- the user API --------------------------------------------------------
     def guard(self) -> None:
@@ -87,6 +88,7 @@ class Fence:
         if self.access:
             self._release = self._ctrl._fence_acquire(self.number)
         elif self._ctrl._mode is not None:
+            self._ctrl._link.send(Op.FENCE_WAIT, self.number, 1)  # arrive, so the writer is not kept waiting
             raise FenceError(
                 f"rank {self._ctrl.rank} entered single_write while holding a lock; "
                 "the writer could never get the write lock"
@@ -119,13 +121,13 @@ class Fence:
             self._shared = _UNSET
         elif payload is not None:
             self._status = FenceStatus.OK_PAYLOAD
-        try:
-            answer = self._ctrl._link_call(Op.FENCE_END, self.number, self._status, payload)
-            if answer.code != Reply.FENCE_DONE:
-                raise FenceError(f"unexpected answer {answer.code!r} to the end of fence {self.number}")
-        finally:
-            self._ended = True
-            self._payload = None
-            assert self._release is not None
-            self._ctrl._release(self._release)
+        ctrl, how = self._ctrl, self._release
+        seq = ctrl._link.send(Op.FENCE_END, self.number, self._status, payload)
+        if how != LOCAL:  # free the lock before waiting for the other ranks to arrive
+            ctrl._server_release()
+        self._ended = True
+        self._payload = None
+        ctrl._link.wait(seq)
+        if how == PROMOTED:
+            ctrl._server_acquire(Op.READ, 0, None)
         return exc is None or isinstance(exc, FencedSignal)

@@ -65,7 +65,7 @@ class LockCore:
         if op == Op.READ or op == Op.WRITE:
             self._request(rank, seq, op == Op.WRITE, bool(arg & Flag.TRY), out)
         elif op == Op.FENCE_BEGIN:
-            self.fences.advance(rank, arg)
+            out.extend(self.fences.advance(rank, arg))
             self._request(rank, seq, True, False, out)
         elif op == Op.RELEASE:
             self._release(rank)
@@ -75,7 +75,7 @@ class LockCore:
         elif op == Op.FENCE_END:
             out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
         elif op == Op.FENCE_WAIT:
-            out.extend(self.fences.wait(rank, seq, arg))
+            out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
         elif op == Op.COLLECT:
             out.extend(self.fences.collect(rank, seq, arg))
         elif op == Op.CLOSE:

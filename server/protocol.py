@@ -35,9 +35,13 @@ class Op(IntEnum):
     FENCE_BEGIN = 5
     """Writer of fence ``arg`` asks for the write lock."""
     FENCE_END = 6
-    """Writer ends fence ``arg``; ``aux`` is a :class:`FenceStatus`; payload optional."""
+    """Writer ends fence ``arg``; ``aux`` is a :class:`FenceStatus`; payload optional.
+
+    Replied with FENCE_DONE once every other rank has arrived at the fence."""
     FENCE_WAIT = 7
-    """Non-writer waits until fence ``arg`` has ended."""
+    """Non-writer arrived at the end of fence ``arg`` and waits until it has ended.
+
+    With ``aux`` = 1 it only reports its arrival and expects no reply."""
     COLLECT = 8
     """Ask for the payload of fence ``arg``."""
     CLOSE = 9

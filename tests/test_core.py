@@ -111,15 +111,23 @@ def test_fence_waiters_are_woken_with_the_outcome():
     assert granted(core.handle(0, Op.FENCE_BEGIN, 1, 0)) == [0]
     assert core.handle(1, Op.FENCE_WAIT, 1, 0) == []
     out = core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, b"xyz")
-    assert [(s.rank, s.code, s.aux) for s in out] == [
-        (0, Reply.FENCE_DONE, FenceStatus.OK_PAYLOAD),
-        (1, Reply.FENCE_DONE, FenceStatus.OK_PAYLOAD),
-    ]
+    assert out == []  # rank 2 has not arrived yet: the fence ends like a barrier
     late = core.handle(2, Op.FENCE_WAIT, 1, 0)
-    assert [(s.rank, s.code) for s in late] == [(2, Reply.FENCE_DONE)]
+    assert sorted((s.rank, s.code, s.aux) for s in late) == [
+        (r, Reply.FENCE_DONE, FenceStatus.OK_PAYLOAD) for r in range(3)
+    ]
     assert core.handle(2, Op.COLLECT, 2, 0)[0].payload == b"xyz"
     core.handle(0, Op.RELEASE, 3)
     assert core.writer is None
+
+
+def test_rank_leaving_with_its_own_error_only_reports_arrival():
+    core = LockCore(2)
+    core.handle(0, Op.FENCE_BEGIN, 1, 0)
+    assert core.handle(1, Op.FENCE_WAIT, 4, 0, 1) == []  # no reply expected
+    out = core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, b"p")
+    assert [(s.rank, s.code) for s in out] == [(0, Reply.FENCE_DONE)]
+    assert core.fences.records == {}
 
 
 def test_failed_fence_sends_the_error_text_to_waiters():
@@ -127,6 +135,8 @@ def test_failed_fence_sends_the_error_text_to_waiters():
     core.handle(1, Op.FENCE_BEGIN, 1, 0)
     core.handle(0, Op.FENCE_WAIT, 1, 0)
     out = core.handle(1, Op.FENCE_END, 2, 0, FenceStatus.FAILED, b"KeyError: 'x'")
+    with pytest.raises(ProtocolError):
+        core.handle(1, Op.FENCE_END, 2, 0, FenceStatus.OK_EMPTY)
     waiter = [s for s in out if s.rank == 0][0]
     assert waiter.aux == FenceStatus.FAILED and waiter.payload == b"KeyError: 'x'"
     assert core.fences.records == {}  # nobody can collect a failed fence
@@ -140,6 +150,7 @@ def test_payload_freed_when_every_rank_collected():
     for rank in (1, 2):
         core.handle(rank, Op.FENCE_WAIT, 1, 0)
     assert core.fences.stored_bytes() == 100
+    core.handle(0, Op.FENCE_WAIT, 1, 1)  # the writer moving on changes nothing
     core.handle(1, Op.COLLECT, 2, 0)
     assert core.fences.stored_bytes() == 100
     core.handle(2, Op.COLLECT, 2, 0)
@@ -151,11 +162,13 @@ def test_uncollected_payloads_do_not_pile_up():
     core = LockCore(size)
     peak = 0
     for fence in range(200):
-        for rank in range(1, size):
-            core.handle(rank, Op.FENCE_WAIT, 1, fence)
         core.handle(0, Op.FENCE_BEGIN, 1, fence)
         core.handle(0, Op.FENCE_END, 2, fence, FenceStatus.OK_PAYLOAD, megabyte)
         core.handle(0, Op.RELEASE, 3)
+        done = []
+        for rank in range(1, size):
+            done += core.handle(rank, Op.FENCE_WAIT, 1, fence)
+        assert (0, Reply.FENCE_DONE) in [(s.rank, s.code) for s in done]
         peak = max(peak, core.fences.stored_bytes())
     assert peak <= 2 * len(megabyte)
 

@@ -1,0 +1,56 @@
+"""Whole-process behaviour: a lone process without mpiexec, and a too-low thread level."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("PYTEST_ISOLATE_MPI_IS_FORKED")), reason="launches its own processes"
+)
+
+
+def run(code: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "OMPI_COMM", "PMIX_"))}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_single_process_without_mpiexec():
+    result = run(
+        """
+        import mpilock
+        ctrl = mpilock.sync()
+        with ctrl.single_write() as fence:
+            fence.guard()
+            fence.share([1, 2])
+        assert fence.collect() == [1, 2]
+        with ctrl.read(), ctrl.write():
+            pass
+        with ctrl.write(timeout=0):
+            pass
+        print("ok", ctrl.rank, ctrl.size)
+        # not closed on purpose: the atexit hook must close it without hanging
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 0 1"
+
+
+def test_thread_level_below_multiple_is_explained():
+    result = run(
+        """
+        import mpi4py
+        mpi4py.rc.thread_level = "serialized"
+        import mpilock
+        try:
+            mpilock.sync()
+        except mpilock.MpilockError as err:
+            print("error:", err)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "MPI_THREAD_MULTIPLE" in result.stdout and "thread_level" in result.stdout
