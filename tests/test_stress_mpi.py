@@ -1,0 +1,21 @@
+"""The short version of the randomized stress run (``make stress`` runs the long one)."""
+
+from mpi4py import MPI
+from mpitools import mpi
+from stress import run, violations
+
+
+def test_sweep_finds_overlaps():
+    assert violations([(0, "write", 0.0, 2.0), (1, "read", 1.0, 3.0)])
+    assert violations([(0, "read", 0.0, 2.0), (1, "write", 1.0, 3.0)])
+    assert violations([(0, "write", 0.0, 10.0), (2, "read", 1.0, 2.0), (1, "read", 3.0, 4.0)])
+    assert not violations([(0, "read", 0.0, 2.0), (1, "read", 1.0, 3.0), (0, "write", 3.5, 4.0)])
+    assert not violations([(0, "write", 0.0, 2.0), (0, "read", 1.0, 3.0)])  # same rank
+
+
+@mpi(min_ranks=2)
+def test_random_operations_never_overlap(mpi_ranks):
+    figures = run(300 * MPI.COMM_WORLD.size, seed=mpi_ranks)
+    assert figures["ops"] >= 300 * MPI.COMM_WORLD.size
+    assert figures["spans"] > 0
+    assert figures["violations"] == 0
