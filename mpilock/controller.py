@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import atexit
-import time
-import warnings
 import itertools
 import os
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -18,9 +18,9 @@ from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence
 from .link import Answer, Link
 from .nesting import ACQUIRED, LOCAL, PROMOTED
-from .trace import Recorder
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
+from .trace import Recorder
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
@@ -144,7 +144,7 @@ class WindowController:
             self._release(how)
 
     def single_write(self, handle: Any = None, rank: int | None = None) -> Fence:
-        """Collective: rank ``rank`` (default the master) runs the block under the write lock.
+        """Run a block on rank ``rank`` only (default the master) under the write lock; collective.
 
         Use ``with ctrl.single_write() as fence: fence.guard(); ...``.  Every
         other rank jumps to the end of the block at ``guard()`` and waits there
@@ -208,7 +208,7 @@ class WindowController:
         self._mode = None
 
     def stats(self) -> dict[str, Any]:
-        """Collective: per-rank lock counts, wait-time percentiles and hold times.
+        """Return per-rank lock counts, wait-time percentiles and hold times; collective.
 
         Computed by the server from what it saw so far; every rank gets the
         same dict (see :meth:`mpilock.trace.Recorder.stats`).
@@ -228,7 +228,7 @@ class WindowController:
 
     # -- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
-        """Collective and idempotent: release held locks (with a warning) and shut down."""
+        """Release held locks (with a warning) and shut the lock down; collective and idempotent."""
         if self._closed:
             return
         if self._mode is not None:
@@ -276,6 +276,12 @@ def _close_all() -> None:
         _OPEN[serial].close()
 
 
-def sync(comm: MPI.Intracomm | None = None, master: int = 0, **options: Any) -> WindowController:
-    """Create a :class:`WindowController` on ``comm`` (default ``COMM_WORLD``); collective."""
-    return WindowController(comm, master, **options)
+def sync(
+    comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+) -> WindowController:
+    """Create a :class:`WindowController` on ``comm`` (default ``COMM_WORLD``); collective.
+
+    ``master`` is the rank that runs the lock server; ``trace`` names a Chrome
+    trace file the master writes at close (see :class:`WindowController`).
+    """
+    return WindowController(comm, master, trace=trace)

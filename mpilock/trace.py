@@ -23,7 +23,7 @@ class Recorder:
         self.size = size
         self.keep_events = keep_events
         self.events: list[tuple[float, int, str, str]] = []
-        """(time, rank, phase, kind) with phase in request/grant/release/cancel."""
+        """(time, rank, phase, kind) with phase in request/grant/release/cancel/denied."""
         self._pending: dict[int, tuple[float, str]] = {}
         self._held: dict[int, tuple[float, str]] = {}
         self.counts = [{"read": 0, "write": 0} for _ in range(size)]
@@ -49,6 +49,14 @@ class Recorder:
             else:
                 kind = "read"
             self._log(now, rank, "cancel", kind)
+        elif op == Op.CLOSE:  # closing releases a held lock and drops a queued request
+            if rank in self._held:
+                start, kind = self._held.pop(rank)
+                self.hold_total[rank] += now - start
+                self._log(now, rank, "release", kind)
+            elif rank in self._pending:
+                _, kind = self._pending.pop(rank)
+                self._log(now, rank, "cancel", kind)
         for reply in replies:
             if reply.code == Reply.GRANTED and reply.rank in self._pending:
                 asked, kind = self._pending.pop(reply.rank)
@@ -56,8 +64,9 @@ class Recorder:
                 self.counts[reply.rank][kind] += 1
                 self.waits[reply.rank].append(now - asked)
                 self._log(now, reply.rank, "grant", kind)
-            elif reply.code == Reply.DENIED:
-                self._pending.pop(reply.rank, None)
+            elif reply.code == Reply.DENIED and reply.rank in self._pending:
+                _, kind = self._pending.pop(reply.rank)
+                self._log(now, reply.rank, "denied", kind)
 
     def _log(self, now: float, rank: int, phase: str, kind: str) -> None:
         if self.keep_events:
@@ -83,24 +92,36 @@ class Recorder:
         return {"ranks": ranks}
 
     def chrome_trace(self) -> dict[str, Any]:
-        """The event log as a Chrome trace-event document (opens in Perfetto)."""
+        """Return the event log as a Chrome trace-event document (opens in Perfetto).
+
+        One complete (``"ph": "X"``) event per span, on thread ``tid`` = rank:
+        ``"wait read"``/``"wait write"`` from request to grant (or to the
+        cancel, denial or close that ended the wait), then ``"read"``/``"write"``
+        from grant to release.  Times are microseconds since the first event.
+        A span still open when the log ends is dropped.
+        """
+        meta: list[dict[str, Any]] = [
+            {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "mpilock lock server"}}
+        ]
+        for rank in range(self.size):
+            meta.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
         if not self.events:
-            return {"traceEvents": [], "displayTimeUnit": "ms"}
+            return {"traceEvents": meta, "displayTimeUnit": "ms"}
         origin = self.events[0][0]
         out: list[dict[str, Any]] = []
         open_spans: dict[int, tuple[float, str, str]] = {}
         for now, rank, phase, kind in self.events:
             us = (now - origin) * 1e6
             if rank in open_spans:
-                start, name, _ = open_spans.pop(rank)
-                out.append({"name": name, "ph": "X", "pid": 0, "tid": rank, "ts": start, "dur": us - start})
+                start, name, category = open_spans.pop(rank)
+                out.append(
+                    {"name": name, "cat": category, "ph": "X", "pid": 0, "tid": rank, "ts": start, "dur": us - start}
+                )
             if phase == "request":
-                open_spans[rank] = (us, f"wait {kind}", kind)
+                open_spans[rank] = (us, f"wait {kind}", "wait")
             elif phase == "grant":
-                open_spans[rank] = (us, kind, kind)
-        for rank in range(self.size):
-            out.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank, "args": {"name": f"rank {rank}"}})
-        return {"traceEvents": out, "displayTimeUnit": "ms"}
+                open_spans[rank] = (us, kind, "hold")
+        return {"traceEvents": out + meta, "displayTimeUnit": "ms"}
 
     def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`chrome_trace` as JSON to ``path``."""

@@ -69,7 +69,7 @@ class FenceBook:
         return self._finish(fence)
 
     def end(self, rank: int, seq: int, fence: int, status: FenceStatus, payload: bytes | None) -> list[Send]:
-        """The writer ``rank`` finished its block of ``fence``; it waits for the others."""
+        """Store the outcome of ``fence`` whose writer ``rank`` finished; it waits for the others."""
         if fence <= self.last_ended:
             raise ProtocolError(f"fence {fence} ended twice (second time by rank {rank})")
         self.last_ended = fence

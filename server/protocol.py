@@ -1,10 +1,10 @@
 """Wire protocol of the lock server: every tag, opcode and status lives here.
 
 A message is a fixed header of ``HEADER_LEN`` 64-bit integers
-``[code, seq, arg, aux, nbytes]`` (``code`` is an :class:`Op` or a :class:`Reply`).  When ``nbytes > 0`` a byte message of that
-length follows from the same sender on ``TAG_PAYLOAD`` (cloudpickle bytes or an
-error text).  Client -> server headers travel on ``TAG_REQUEST``, server ->
-client headers on ``TAG_REPLY``.
+``[code, seq, arg, aux, nbytes]`` (``code`` is an :class:`Op` or a :class:`Reply`).
+When ``nbytes > 0`` a byte message of that length follows from the same sender
+on ``TAG_PAYLOAD`` (cloudpickle bytes or an error text).  Client -> server
+headers travel on ``TAG_REQUEST``, server -> client headers on ``TAG_REPLY``.
 """
 
 from __future__ import annotations

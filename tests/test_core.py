@@ -1,7 +1,6 @@
 """The lock manager core in one process: no MPI, every rule of DESIGN.md."""
 
 import pytest
-
 from mpilock.server.core import LockCore, ProtocolError, Send
 from mpilock.server.protocol import FenceStatus, Flag, Op, Reply
 
@@ -137,7 +136,7 @@ def test_failed_fence_sends_the_error_text_to_waiters():
     out = core.handle(1, Op.FENCE_END, 2, 0, FenceStatus.FAILED, b"KeyError: 'x'")
     with pytest.raises(ProtocolError):
         core.handle(1, Op.FENCE_END, 2, 0, FenceStatus.OK_EMPTY)
-    waiter = [s for s in out if s.rank == 0][0]
+    waiter = next(s for s in out if s.rank == 0)
     assert waiter.aux == FenceStatus.FAILED and waiter.payload == b"KeyError: 'x'"
     assert core.fences.records == {}  # nobody can collect a failed fence
 

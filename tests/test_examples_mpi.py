@@ -1,0 +1,141 @@
+"""The examples, run for real under ``mpiexec``, and the trace they write drawn by ``python -m mpilock.plot``.
+
+These are plain tests (no ``mpi`` marker): each one launches its own
+``mpiexec -n N python -m mpi4py examples/X.py`` as a subprocess.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("PYTEST_ISOLATE_MPI_IS_FORKED")), reason="launches its own mpiexec")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TIMEOUT = 120
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def environment() -> dict[str, str]:
+    """This environment with the venv's bin first on PATH and no leftovers of an enclosing MPI launch."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "OMPI_COMM", "PMIX_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")  # more ranks than cores
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    env.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
+    env.pop("MPILOCK_TRACE", None)
+    return env
+
+
+def mpiexec() -> list[str]:
+    found = shutil.which("mpiexec", path=environment()["PATH"])
+    if found is None:
+        pytest.skip("mpiexec not found on PATH")
+    return [found]
+
+
+def run(command: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in its own session; on timeout kill the whole process group and fail."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"{' '.join(command)} timed out after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def run_example(name: str, ranks: int, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(EXAMPLES / name), *args]
+    result = run(command)
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+EXPECTED = {
+    "h5py_shared_file.py": (r"(\d+) rank\(s\) wrote 4 blocks each .* all \1 datasets: OK", "shared.h5"),
+    "seed_idiom.py": (r"(\d+) rank\(s\) read my_data and wrote datasets .*: OK", "hello.world.h5"),
+    "lost_updates.py": (r"with write\(\):\s+count\s+(\d+), 0 update\(s\) lost .*: OK", "counter.json"),
+    "results_table.py": (r"(\d+) rank\(s\) appended 12 rows each .* table has \d+ rows: OK", "results.sqlite"),
+}
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_and_checks_itself(name, ranks, tmp_path):
+    pattern, artefact = EXPECTED[name]
+    result = run_example(name, ranks, str(tmp_path))
+    match = re.search(pattern, result.stdout)
+    assert match, result.stdout
+    if name == "lost_updates.py":
+        assert int(match.group(1)) == 50 * ranks
+    else:
+        assert int(match.group(1)) == ranks
+    assert (tmp_path / artefact).exists()  # the example used the directory it was given
+    assert "ERROR" not in result.stderr
+
+
+def test_examples_default_to_a_temporary_directory():
+    before = set(ROOT.iterdir())
+    run_example("results_table.py", 2)
+    assert set(ROOT.iterdir()) == before
+
+
+def test_trace_of_a_real_run_is_valid_and_plots(tmp_path):
+    trace = tmp_path / "trace.json"
+    result = run_example("h5py_shared_file.py", 3, str(tmp_path), "--trace", str(trace))
+    assert "wait p50" in result.stdout  # the stats() table
+    document = json.loads(trace.read_text())
+    assert document["displayTimeUnit"] == "ms"
+    events = document["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {0: "rank 0", 1: "rank 1", 2: "rank 2"}
+    spans = [e for e in events if e["ph"] == "X"]
+    for span in spans:
+        assert span["name"] in {"wait read", "wait write", "read", "write"}
+        assert span["pid"] == 0 and span["tid"] in names
+        assert span["ts"] >= 0 and span["dur"] >= 0
+    for rank in range(3):
+        mine = [s["name"] for s in spans if s["tid"] == rank]
+        assert mine.count("read") == 5, mine  # 4 progress reads + the final read
+        assert mine.count("write") == (5 if rank == 0 else 4), mine  # rank 0 also wrote the fence
+    holds = [s for s in spans if s["name"] in ("read", "write")]
+    for i, a in enumerate(holds):  # as the server saw it: a write never overlaps another hold
+        for b in holds[i + 1 :]:
+            if "write" in (a["name"], b["name"]):
+                slack = 1e-3  # µs: end and next start come from one server timestamp, up to rounding
+                assert a["ts"] + a["dur"] <= b["ts"] + slack or b["ts"] + b["dur"] <= a["ts"] + slack, (a, b)
+
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed (the 'plot' extra)")
+    png = tmp_path / "timeline.png"
+    plotted = run([sys.executable, "-m", "mpilock.plot", str(trace), "-o", str(png)], timeout=TIMEOUT)
+    assert plotted.returncode == 0, plotted.stderr
+    assert "3 ranks" in plotted.stdout
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_refuses_a_file_without_spans(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"traceEvents": []}))
+    result = run([sys.executable, "-m", "mpilock.plot", str(empty), "-o", str(tmp_path / "x.png")], timeout=60)
+    assert result.returncode == 1
+    assert "no lock spans" in result.stderr
+    assert not (tmp_path / "x.png").exists()

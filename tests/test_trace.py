@@ -1,0 +1,209 @@
+"""Unit tests of mpilock.trace.Recorder (no MPI): fed the way the server thread feeds it."""
+
+import json
+
+import pytest
+from mpilock.server import Flag, LockCore, Op, Reply, Send
+
+from mpilock.plot import load_spans
+from mpilock.trace import Recorder
+
+
+def granted(rank, seq=1):
+    return [Send(rank, Reply.GRANTED, seq)]
+
+
+def spans(recorder):
+    return [e for e in recorder.chrome_trace()["traceEvents"] if e["ph"] == "X"]
+
+
+def simple(recorder):
+    """(rank, name, start ms, end ms) of every span, rounded."""
+    return [
+        (e["tid"], e["name"], round(e["ts"] / 1000, 6), round((e["ts"] + e["dur"]) / 1000, 6)) for e in spans(recorder)
+    ]
+
+
+def reader_then_writer(keep_events=True):
+    """Rank 0 reads from t=0 to t=3; rank 1 asks to write at t=1, is granted at t=3, releases at t=4."""
+    rec = Recorder(2, keep_events=keep_events)
+    rec.observe(0.0, 0, Op.READ, 1, granted(0))
+    rec.observe(1.0, 1, Op.WRITE, 1, [])
+    rec.observe(3.0, 0, Op.RELEASE, 2, granted(1))
+    rec.observe(4.0, 1, Op.RELEASE, 2, [])
+    return rec
+
+
+def test_counts_waits_and_hold_times():
+    ranks = reader_then_writer().stats()["ranks"]
+    assert [(r["rank"], r["reads"], r["writes"]) for r in ranks] == [(0, 1, 0), (1, 0, 1)]
+    assert ranks[0]["wait_p50"] == ranks[0]["wait_max"] == 0.0
+    assert ranks[1]["wait_p50"] == ranks[1]["wait_p99"] == ranks[1]["wait_max"] == pytest.approx(2.0)
+    assert ranks[0]["hold_total"] == pytest.approx(3.0)
+    assert ranks[1]["hold_total"] == pytest.approx(1.0)
+
+
+def test_percentiles_by_nearest_rank():
+    rec = Recorder(2)
+    now = 0.0
+    for i, wait in enumerate([w / 1000 for w in range(100, -1, -1)]):  # 101 waits, 100 ms down to 0 ms
+        rec.observe(now, 0, Op.WRITE, 2 * i + 1, [])
+        now += wait
+        # the grant comes with the replies to another rank's request, as when its release frees the lock
+        rec.observe(now, 1, Op.RELEASE, i + 1, granted(0, 2 * i + 1))
+        now += 0.001
+        rec.observe(now, 0, Op.RELEASE, 2 * i + 2, [])
+    stats = rec.stats()["ranks"][0]
+    assert stats["writes"] == 101
+    assert stats["wait_p50"] == pytest.approx(0.050)
+    assert stats["wait_p90"] == pytest.approx(0.090)
+    assert stats["wait_p99"] == pytest.approx(0.099)
+    assert stats["wait_max"] == pytest.approx(0.100)
+    assert stats["hold_total"] == pytest.approx(0.101)
+    assert rec.stats()["ranks"][1]["hold_total"] == 0.0
+
+
+def test_stats_of_an_idle_recorder_are_zero():
+    ranks = Recorder(3).stats()["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1, 2]
+    assert all(r["reads"] == r["writes"] == 0 and r["wait_max"] == r["hold_total"] == 0.0 for r in ranks)
+
+
+def test_chrome_trace_spans():
+    assert sorted(simple(reader_then_writer())) == [
+        (0, "read", 0.0, 3000.0),
+        (0, "wait read", 0.0, 0.0),
+        (1, "wait write", 1000.0, 3000.0),
+        (1, "write", 3000.0, 4000.0),
+    ]
+    document = reader_then_writer().chrome_trace()
+    assert document["displayTimeUnit"] == "ms"
+    meta = {e["tid"]: e["args"]["name"] for e in document["traceEvents"] if e["name"] == "thread_name"}
+    assert meta == {0: "rank 0", 1: "rank 1"}
+    assert all(e["cat"] in ("wait", "hold") for e in spans(reader_then_writer()))
+    json.dumps(document)  # plain JSON types only
+
+
+def test_times_are_relative_to_the_first_event():
+    rec = Recorder(1, keep_events=True)
+    rec.observe(1000.5, 0, Op.WRITE, 1, granted(0))
+    rec.observe(1000.75, 0, Op.RELEASE, 2, [])
+    assert simple(rec) == [(0, "wait write", 0.0, 0.0), (0, "write", 0.0, 250.0)]
+
+
+def test_without_keep_events_only_statistics():
+    rec = reader_then_writer(keep_events=False)
+    assert rec.events == []
+    assert spans(rec) == []
+    assert rec.stats()["ranks"][1]["writes"] == 1
+
+
+def test_fence_begin_counts_as_a_write():
+    rec = Recorder(1, keep_events=True)
+    rec.observe(0.0, 0, Op.FENCE_BEGIN, 1, granted(0))
+    rec.observe(0.5, 0, Op.RELEASE, 2, [])
+    assert rec.stats()["ranks"][0]["writes"] == 1
+    assert [s[1] for s in simple(rec)] == ["wait write", "write"]
+
+
+def test_cancelled_wait_ends_at_the_cancel_and_counts_nothing():
+    rec = Recorder(2, keep_events=True)
+    rec.observe(0.0, 0, Op.WRITE, 1, granted(0))
+    rec.observe(0.001, 1, Op.READ, 1, [])
+    rec.observe(0.003, 1, Op.CANCEL, 1, [Send(1, Reply.CANCELLED, 1)])
+    rec.observe(0.004, 0, Op.RELEASE, 2, [])
+    assert (1, "wait read", 1.0, 3.0) in simple(rec)
+    assert rec.stats()["ranks"][1]["reads"] == 0
+
+
+def test_denied_try_ends_its_wait_at_once():
+    rec = Recorder(2, keep_events=True)
+    rec.observe(0.0, 0, Op.WRITE, 1, granted(0))
+    rec.observe(0.001, 1, Op.READ, 1, [Send(1, Reply.DENIED, 1)])
+    rec.observe(0.005, 0, Op.RELEASE, 2, [])
+    rec.observe(0.009, 1, Op.READ, 2, granted(1, 2))
+    rec.observe(0.010, 1, Op.RELEASE, 3, [])
+    assert sorted(simple(rec)) == [
+        (0, "wait write", 0.0, 0.0),
+        (0, "write", 0.0, 5.0),
+        (1, "read", 9.0, 10.0),
+        (1, "wait read", 1.0, 1.0),  # ends when denied, not at the next request (9 ms)
+        (1, "wait read", 9.0, 9.0),
+    ]
+    assert rec.stats()["ranks"][1]["reads"] == 1
+
+
+def test_close_while_holding_ends_the_hold():
+    rec = Recorder(1, keep_events=True)
+    rec.observe(0.0, 0, Op.WRITE, 1, granted(0))
+    rec.observe(0.002, 0, Op.CLOSE, 2, [Send(0, Reply.CLOSED, 2)])
+    assert simple(rec)[-1] == (0, "write", 0.0, 2.0)
+    assert rec.stats()["ranks"][0]["hold_total"] == pytest.approx(0.002)
+
+
+def test_write_chrome_trace(tmp_path):
+    path = tmp_path / "trace.json"
+    reader_then_writer().write_chrome_trace(path)
+    assert json.loads(path.read_text()) == reader_then_writer().chrome_trace()
+
+
+def test_driven_by_the_real_core_writes_never_overlap():
+    """Feed a LockCore and the recorder a scripted run, as the server loop does."""
+    core, rec = LockCore(3), Recorder(3, keep_events=True)
+    seqs = [0, 0, 0]
+    now = 0.0
+
+    def request(rank, op, arg=0):
+        nonlocal now
+        now += 0.001
+        seqs[rank] += 1
+        replies = core.handle(rank, op, seqs[rank], arg)
+        rec.observe(now, rank, op, seqs[rank], replies)
+        return replies
+
+    request(0, Op.READ)
+    request(1, Op.READ)
+    request(2, Op.WRITE)  # waits for both readers
+    request(0, Op.RELEASE)
+    assert request(0, Op.READ, Flag.TRY)[0].code == Reply.DENIED  # writer waiting: readers refused
+    request(1, Op.RELEASE)  # the writer gets it
+    request(0, Op.READ)  # waits for the writer
+    request(1, Op.WRITE)
+    request(2, Op.RELEASE)  # writer priority: rank 1 writes before rank 0 reads
+    request(1, Op.RELEASE)
+    request(0, Op.RELEASE)
+    for rank in range(3):
+        request(rank, Op.CLOSE)
+    assert core.closed
+    counts = [(r["reads"], r["writes"]) for r in rec.stats()["ranks"]]
+    assert counts == [(2, 0), (1, 1), (0, 1)]
+    holds = [(e["tid"], e["name"], e["ts"], e["ts"] + e["dur"]) for e in spans(rec) if e["cat"] == "hold"]
+    assert len(holds) == 5
+    for i, a in enumerate(holds):
+        for b in holds[i + 1 :]:
+            if "write" in (a[1], b[1]):
+                assert a[3] <= b[2] + 1e-6 or b[3] <= a[2] + 1e-6, (a, b)
+    order = [name for _, name, _, _ in sorted(holds, key=lambda h: h[2])]
+    assert order == ["read", "read", "write", "write", "read"]
+
+
+def test_plot_reads_back_what_the_recorder_wrote():
+    found, labels = load_spans(reader_then_writer().chrome_trace())
+    assert labels == {0: "rank 0", 1: "rank 1"}
+    assert sorted((s.rank, s.state, s.start, s.duration) for s in found) == [
+        (0, "reading", 0.0, 3000.0),
+        (0, "waiting", 0.0, 0.0),
+        (1, "waiting", 1000.0, 2000.0),
+        (1, "writing", 3000.0, 1000.0),
+    ]
+
+
+def test_plot_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mpilock.plot import main
+
+    trace = tmp_path / "trace.json"
+    reader_then_writer().write_chrome_trace(trace)
+    out = tmp_path / "timeline.png"
+    assert main([str(trace), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
