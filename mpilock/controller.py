@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ from .nesting import ACQUIRED, LOCAL, PROMOTED
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
 from .trace import Recorder
+
+log = logging.getLogger("mpilock")
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
@@ -271,7 +275,17 @@ _SERIALS = itertools.count()
 
 @atexit.register
 def _close_all() -> None:
-    """Close every controller still open, oldest first (runs before MPI_Finalize)."""
+    """Close every controller still open, oldest first (runs before MPI_Finalize).
+
+    If the interpreter is exiting because of an uncaught exception, the other
+    ranks are not going to reach ``close()`` with this one: closing would hang
+    the job, so the job is aborted instead (as ``python -m mpi4py`` does).
+    """
+    crashed = getattr(sys, "last_value", None)
+    if crashed is not None and any(c.size > 1 for c in _OPEN.values()):
+        log.critical("uncaught %r with an open WindowController; aborting the MPI job", crashed)
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
     for serial in sorted(_OPEN):
         _OPEN[serial].close()
 

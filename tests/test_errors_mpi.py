@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 from mpi4py import MPI
+from mpilock.server.loop import SERVICE
 from mpitools import mpi
 
 import mpilock
-from mpilock.server.loop import SERVICE
 
 COMM = MPI.COMM_WORLD
 
@@ -143,6 +143,13 @@ def test_bad_arguments_raise_on_every_rank(mpi_ranks):
         mpilock.sync(master="0")
     with pytest.raises(TypeError, match="intracommunicator"):
         mpilock.sync(comm=42)
+    if COMM.size > 1:
+        local = COMM.Split(COMM.rank % 2)
+        inter = local.Create_intercomm(0, COMM, 1 - COMM.rank % 2)  # leaders: ranks 0 and 1
+        with pytest.raises(TypeError, match="intracommunicator"):
+            mpilock.sync(comm=inter)
+        inter.Free()
+        local.Free()
     if COMM.size > 1:  # a rank that disagrees makes every rank fail
         with pytest.raises(ValueError):
             mpilock.sync(master=COMM.size if COMM.rank == 1 else 0)
