@@ -1,0 +1,566 @@
+"""Micro-benchmark of mpilock against a raw MPI round trip and mpi4py's RMA mutex.
+
+Run it under MPI with at least two ranks (``make bench`` uses four)::
+
+    mpiexec -n 4 python -m mpi4py -m mpilock.bench
+
+Rank 0 is the master (it runs the lock server thread), rank 1 is the client of
+the uncontended phases.  Rank 0 prints one table: each figure is a median over
+repeats, shown with its ratio to the *floor* (a pickled mpi4py ``send``/``recv``
+round trip between rank 1 and the master, measured in the same run) and, where
+the issue sets one, a target with PASS/MISS.
+
+Ranks that take no part in a phase wait in :func:`quiet_barrier` (a
+non-blocking barrier tested between short sleeps), so they neither burn a core
+nor disturb the measurement on an oversubscribed machine.  ``--switch-interval``
+sets :func:`sys.setswitchinterval` on every rank, to study how the GIL bounds
+grant latency while the master's application thread computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from mpi4py import MPI
+from mpi4py.util.sync import Mutex
+
+from .controller import WindowController, sync
+from .link import Link
+from .server import backoff
+from .server.loop import Channel
+from .server.protocol import HEADER_LEN, TAG_REPLY, Op
+from .trace import Recorder
+
+WORLD = MPI.COMM_WORLD
+MASTER = 0
+CLIENT = 1
+TAG_FLOOR = 4242
+PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "waiting", "contended")
+
+US = 1e-6
+
+
+@dataclass
+class Row:
+    """One line of the result table (built on rank 0 only)."""
+
+    name: str
+    value: float
+    unit: str
+    """``us``, ``ms``, ``%`` or ``/s``."""
+    ratio: float | None = None
+    """The figure in floors (a time divided by the floor round trip)."""
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+
+def quiet_barrier(nap: float = 0.001) -> None:
+    """Barrier on ``COMM_WORLD`` that sleeps ``nap`` seconds between tests instead of spinning."""
+    request = WORLD.Ibarrier()
+    while not request.Test():
+        time.sleep(nap)
+
+
+def hot_barrier() -> None:
+    """Barrier on ``COMM_WORLD`` that busy-polls MPI progress (the MPI library's own wait)."""
+    WORLD.Ibarrier().Wait()
+
+
+def share(value: object, root: int) -> Any:
+    """Quietly synchronise, then broadcast ``value`` from ``root`` to every rank."""
+    quiet_barrier()
+    return WORLD.bcast(value, root=root)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Return the ``q``-th percentile (0-100) of ``samples`` by nearest rank."""
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def timed_ops(lock: Callable[[], AbstractContextManager[Any]], count: int) -> float:
+    """Mean seconds of ``count`` acquire+release pairs of ``lock()``."""
+    start = time.perf_counter()
+    for _ in range(count):
+        with lock():
+            pass
+    return (time.perf_counter() - start) / count
+
+
+def spin_compute(duration: float, chunk: float = 0.05) -> list[float]:
+    """Run a pure-Python loop (never releases the GIL) for ``duration`` s; loop iterations/s per chunk."""
+    rates: list[float] = []
+    value = 0
+    end = time.perf_counter() + duration
+    while True:
+        begin = time.perf_counter()
+        if begin >= end:
+            return rates
+        done = 0
+        now = begin
+        while now - begin < chunk:
+            for i in range(2000):
+                value = (value * 31 + i) % 1000003
+            done += 2000
+            now = time.perf_counter()
+        rates.append(done / (now - begin))
+
+
+# -- phases ---------------------------------------------------------------------------------------------------------
+def phase_floor(repeats: int, count: int) -> float:
+    """Median seconds of a pickled send/recv round trip rank 1 -> master -> rank 1 (master echoes)."""
+    rank = WORLD.Get_rank()
+    warm = max(10, count // 10)
+    means: list[float] = []
+    for _ in range(repeats):
+        quiet_barrier()
+        if rank == MASTER:
+            for _ in range(warm + count):
+                WORLD.send(WORLD.recv(source=CLIENT, tag=TAG_FLOOR), dest=CLIENT, tag=TAG_FLOOR)
+        elif rank == CLIENT:
+            message = (1, 2, 3, 4, 5)
+            for _ in range(warm):
+                WORLD.send(message, dest=MASTER, tag=TAG_FLOOR)
+                WORLD.recv(source=MASTER, tag=TAG_FLOOR)
+            start = time.perf_counter()
+            for _ in range(count):
+                WORLD.send(message, dest=MASTER, tag=TAG_FLOOR)
+                WORLD.recv(source=MASTER, tag=TAG_FLOOR)
+            means.append((time.perf_counter() - start) / count)
+    result: float = share(statistics.median(means) if rank == CLIENT else None, CLIENT)
+    return result
+
+
+def phase_mutex(repeats: int, count: int) -> dict[str, float]:
+    """``mpi4py.util.sync.Mutex`` acquire+release from rank 1 while the other ranks hot-wait or nap.
+
+    Its ``Lock_all``/``Unlock_all`` epochs need every rank's MPI progress, so
+    ranks that nap between tests slow it down.
+    """
+    rank = WORLD.Get_rank()
+    mutex = Mutex(comm=WORLD)
+    out: dict[str, float] = {}
+    for mode in ("hot", "nap"):
+        means: list[float] = []
+        for _ in range(repeats):
+            quiet_barrier()
+            if rank == CLIENT:
+                timed_ops(lambda: mutex, max(5, count // 10))
+                means.append(timed_ops(lambda: mutex, count))
+            if rank != CLIENT and mode == "hot":
+                hot_barrier()
+            else:
+                quiet_barrier()
+        out[mode] = share(statistics.median(means) if rank == CLIENT else None, CLIENT)
+    mutex.free()
+    return out
+
+
+def phase_uncontended(ctrl: WindowController, repeats: int, count: int) -> dict[str, float]:
+    """``read()``/``write()`` acquire+release from rank 1 while the master's app thread naps in a poll loop."""
+    rank = WORLD.Get_rank()
+    out: dict[str, float] = {}
+    for kind, lock in (("read", ctrl.read), ("write", ctrl.write)):
+        means: list[float] = []
+        for _ in range(repeats):
+            quiet_barrier()
+            if rank == CLIENT:
+                timed_ops(lock, max(5, count // 10))
+                means.append(timed_ops(lock, count))
+            quiet_barrier()  # the master's application thread: time.sleep(0.001) until everyone is here
+        out[kind] = share(statistics.median(means) if rank == CLIENT else None, CLIENT)
+    return out
+
+
+def phase_idle(repeats: int, seconds: float) -> float:
+    """Median CPU share of one core the master process uses while a controller is open and unused."""
+    rank = WORLD.Get_rank()
+    quiet_barrier()
+    shares: list[float] = []
+    if rank == MASTER:
+        for _ in range(repeats):
+            cpu, wall = time.process_time(), time.monotonic()
+            time.sleep(seconds)
+            shares.append((time.process_time() - cpu) / (time.monotonic() - wall))
+    quiet_barrier(0.01)
+    return statistics.median(shares) if rank == MASTER else 0.0
+
+
+@dataclass
+class BusyResult:
+    """Grant latencies seen by rank 1 while the master computes, and the loop's slowdowns (medians over rounds)."""
+
+    latencies: list[float]
+    rate_none: float
+    rate_idle: float
+    rate_locking: float
+    slowdown_locking: float
+    """``1 - locking/idle`` loop rate: the cost of serving rank 1's locks."""
+    slowdown_idle: float
+    """``1 - idle/none`` loop rate: the cost of an open controller nobody uses."""
+    server_cpu: float
+    """CPU share of one core used by the server thread while rank 1 locks."""
+
+
+def phase_busy(rounds: int, window: float) -> BusyResult:
+    """Master runs a pure-Python loop in three interleaved conditions per round; rank 1 locks in one.
+
+    Per round: no controller (``window`` s), controller open but unused
+    (``window`` s), rank 1 taking the write lock with a random 0-4 ms think
+    time (``2 * window`` s).  Each round opens and closes its own controller.
+    """
+    rank = WORLD.Get_rank()
+    rates: dict[str, list[float]] = {"none": [], "idle": [], "locking": []}
+    slow_locking: list[float] = []
+    slow_idle: list[float] = []
+    server_cpu: list[float] = []
+    latencies: list[float] = []
+    rng = random.Random(1)
+    for _ in range(rounds):
+        medians: dict[str, float] = {}
+        ctrl: WindowController | None = None
+        for mode, seconds in (("none", window), ("idle", window), ("locking", 2 * window)):
+            if mode == "idle":
+                ctrl = sync(WORLD, MASTER)
+            quiet_barrier(0.005)
+            if rank == MASTER:
+                cpu, own, wall = time.process_time(), time.thread_time(), time.monotonic()
+                chunks = spin_compute(seconds)
+                if mode == "locking":  # CPU of every thread but this one: the server's
+                    others = (time.process_time() - cpu) - (time.thread_time() - own)
+                    server_cpu.append(others / (time.monotonic() - wall))
+                rates[mode].extend(chunks)
+                medians[mode] = statistics.median(chunks)
+            elif rank == CLIENT and mode == "locking" and ctrl is not None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    start = time.perf_counter()
+                    with ctrl.write():
+                        latencies.append(time.perf_counter() - start)
+                    time.sleep(rng.uniform(0.0, 0.004))
+            quiet_barrier(0.005)
+        if ctrl is not None:
+            ctrl.close()
+        if rank == MASTER:
+            slow_locking.append(1 - medians["locking"] / medians["idle"])
+            slow_idle.append(1 - medians["idle"] / medians["none"])
+    latencies = share(latencies if rank == CLIENT else None, CLIENT)
+    if rank != MASTER:
+        return BusyResult(latencies, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    return BusyResult(
+        latencies,
+        *(statistics.median(rates[mode]) for mode in ("none", "idle", "locking")),
+        statistics.median(slow_locking),
+        statistics.median(slow_idle),
+        statistics.median(server_cpu),
+    )
+
+
+def phase_waiting(ctrl: WindowController, seconds: float) -> list[float]:
+    """CPU share of every rank that waits ``seconds`` for a read lock while the master holds the write lock."""
+    rank = WORLD.Get_rank()
+    quiet_barrier()
+    share_: float | None = None
+    if rank == MASTER:
+        with ctrl.write():
+            quiet_barrier()
+            time.sleep(seconds)
+    else:
+        quiet_barrier()
+        cpu, wall = time.process_time(), time.monotonic()
+        with ctrl.read():
+            share_ = (time.process_time() - cpu) / (time.monotonic() - wall)
+    shares = WORLD.gather(share_, root=MASTER)
+    quiet_barrier()
+    return [s for s in shares if s is not None] if rank == MASTER else []
+
+
+@dataclass
+class ContendedResult:
+    """Every rank locking at once: read latency and write throughput, medians over rounds."""
+
+    read_p50: float
+    read_p99: float
+    write_rate: float
+    write_p50: float
+
+
+def phase_contended(ctrl: WindowController, rounds: int, seconds: float) -> ContendedResult | None:
+    """Every rank (master included) loops over ``read()`` then ``write()`` for ``seconds`` per round."""
+    rank = WORLD.Get_rank()
+    figures: dict[str, list[float]] = {"read_p50": [], "read_p99": [], "write_rate": [], "write_p50": []}
+    for kind, lock in (("read", ctrl.read), ("write", ctrl.write)):
+        for _ in range(rounds):
+            quiet_barrier()
+            latencies: list[float] = []
+            begin = time.monotonic()
+            end = begin + seconds
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                with lock():
+                    latencies.append(time.perf_counter() - start)
+            elapsed = time.monotonic() - begin
+            quiet_barrier()
+            gathered = WORLD.gather((latencies, elapsed), root=MASTER)
+            if rank == MASTER:
+                pooled = [x for lats, _ in gathered for x in lats]
+                figures[f"{kind}_p50"].append(percentile(pooled, 50))
+                if kind == "read":
+                    figures["read_p99"].append(percentile(pooled, 99))
+                else:
+                    figures["write_rate"].append(sum(len(lats) / span for lats, span in gathered))
+    if rank != MASTER:
+        return None
+    return ContendedResult(**{key: statistics.median(values) for key, values in figures.items()})
+
+
+def server_cost(repeats: int, pairs: int) -> float:
+    """Median server-thread seconds per request (READ or RELEASE), measured in-process on ``COMM_SELF``.
+
+    Queues ``pairs`` READ+RELEASE requests to a private :class:`Channel`, then
+    times the :meth:`Channel.poll` calls that handle them: receive test,
+    :class:`LockCore`, the statistics observer and the reply ``Isend`` -- the
+    work the server thread does per request, without waits or GIL contention.
+    """
+    comm = MPI.COMM_SELF.Dup()
+    recorder = Recorder(1)
+    seen = [0]
+
+    def observe(now: float, rank: int, op: int, seq: int, replies: list[Any]) -> None:
+        seen[0] += 1
+        recorder.observe(now, rank, op, seq, replies)
+
+    channel = Channel(comm, observe)
+    link = Link(comm, 0)
+    headers = array("q", bytes(8 * HEADER_LEN * (pairs + 1)))
+    costs: list[float] = []
+
+    def expect(count: int) -> list[MPI.Request]:  # replies to self complete only once matched
+        return [comm.Irecv([headers, HEADER_LEN, i * HEADER_LEN, MPI.INT64_T], 0, TAG_REPLY) for i in range(count)]
+
+    for _ in range(repeats):
+        replies = expect(pairs)
+        for _ in range(pairs):
+            link.send(Op.READ)
+            link.send(Op.RELEASE)
+        seen[0] = 0
+        start = time.perf_counter()
+        while seen[0] < 2 * pairs:
+            channel.poll()
+        costs.append((time.perf_counter() - start) / (2 * pairs))
+        MPI.Request.Waitall(replies)
+    replies = expect(1)
+    link.send(Op.CLOSE)
+    while not channel.finished.is_set():
+        channel.poll()
+    MPI.Request.Waitall(replies)
+    link.finish()
+    comm.Free()
+    return statistics.median(costs)
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+def _fmt(value: float, unit: str) -> str:
+    if unit == "us":
+        return f"{value / US:,.1f} µs"
+    if unit == "ms":
+        return f"{value * 1e3:,.2f} ms"
+    if unit == "%":
+        return f"{value * 100:.2f} %"
+    return f"{value:,.0f} /s"
+
+
+def print_table(rows: list[Row], header: list[str]) -> None:
+    """Print the rows as a fixed-width table under ``header`` lines."""
+    width = max(len(r.name) for r in rows)
+    for line in header:
+        print(line)
+    print(f"{'metric':<{width}}  {'median':>12}  {'x floor':>8}  {'target':<14}  result")
+    print("-" * (width + 48))
+    for r in rows:
+        ratio = f"{r.ratio:.1f}" if r.ratio is not None else ""
+        result = "" if r.ok is None else ("PASS" if r.ok else "MISS")
+        note = f"  ({r.note})" if r.note else ""
+        print(f"{r.name:<{width}}  {_fmt(r.value, r.unit):>12}  {ratio:>8}  {r.target:<14}  {result}{note}")
+    sys.stdout.flush()
+
+
+def _transport() -> str:
+    if os.environ.get("MPIR_CVAR_NOLOCAL") == "1" or os.environ.get("FI_PROVIDER"):
+        return f"netmod ({os.environ.get('FI_PROVIDER', 'default provider')}, no shared memory)"
+    return "shared memory"
+
+
+def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
+    """Run the selected phases on every rank; return the table rows (non-empty on rank 0 only)."""
+    wanted = set(phases)
+    rank, size = WORLD.Get_rank(), WORLD.Get_size()
+    rows: list[Row] = []
+    on_master = rank == MASTER
+
+    def add(row: Row) -> None:
+        if on_master:
+            rows.append(row)
+
+    def n(count: int) -> int:
+        return max(10, int(count * scale))
+
+    floor = phase_floor(5, n(2000))
+    add(Row("floor: pickled send/recv round trip 1<->0", floor, "us", 1.0, note="master echoes in MPI_Recv"))
+
+    if "server" in wanted and on_master:
+        cost = server_cost(5, n(300))
+        add(
+            Row(
+                "server work per request (in-process, no waits)",
+                cost,
+                "us",
+                cost / floor,
+                note=f"ceiling {1 / cost:,.0f} requests/s = {0.5 / cost:,.0f} locks/s",
+            )
+        )
+
+    if "mutex" in wanted:
+        mutex = phase_mutex(5, n(400))
+        add(Row("mpi4py Mutex acquire+release, others in MPI wait", mutex["hot"], "us", mutex["hot"] / floor))
+        add(Row("mpi4py Mutex acquire+release, others napping", mutex["nap"], "us", mutex["nap"] / floor))
+
+    if "busy" in wanted:
+        busy = phase_busy(6, 0.25 * scale)
+        p50, p99 = percentile(busy.latencies, 50), percentile(busy.latencies, 99)
+        note = f"{len(busy.latencies)} grants, master in pure-Python loop"
+        add(Row("busy master: grant latency p50, rank 1", p50, "ms", p50 / floor, "≤ 1 ms", p50 <= 1e-3, note))
+        add(Row("busy master: grant latency p99, rank 1", p99, "ms", p99 / floor, "≤ 5 ms", p99 <= 5e-3))
+        slow = busy.slowdown_locking
+        note = f"{busy.rate_idle / 1e6:.2f} -> {busy.rate_locking / 1e6:.2f} M it/s"
+        add(Row("busy master: loop slowdown while rank 1 locks", slow, "%", None, "≤ 3 %", slow <= 0.03, note))
+        note = f"{busy.rate_none / 1e6:.2f} -> {busy.rate_idle / 1e6:.2f} M it/s"
+        add(Row("busy master: loop slowdown, open idle controller", busy.slowdown_idle, "%", note=note))
+        note = "process minus app-thread CPU; bounds the GIL time taken from the loop"
+        add(Row("busy master: server thread CPU while rank 1 locks", busy.server_cpu, "%", note=note))
+
+    ctrl = sync(WORLD, MASTER)
+    try:
+        if "uncontended" in wanted:
+            unc = phase_uncontended(ctrl, 5, n(400))
+            for kind in ("read", "write"):
+                value = unc[kind]
+                add(
+                    Row(
+                        f"uncontended {kind}() acquire+release, rank 1",
+                        value,
+                        "us",
+                        value / floor,
+                        "≤ 4x floor",
+                        value <= 4 * floor,
+                        "master app thread naps 1 ms",
+                    )
+                )
+        if "idle" in wanted:
+            idle = phase_idle(3, 1.0 * scale)
+            add(
+                Row(
+                    "master CPU, controller open, nobody locks",
+                    idle,
+                    "%",
+                    None,
+                    "≤ 2 %",
+                    idle <= 0.02,
+                    "share of one core",
+                )
+            )
+        if "waiting" in wanted:
+            waits = phase_waiting(ctrl, 2.0 * scale)
+            if on_master:
+                worst = max(waits)
+                add(
+                    Row(
+                        "CPU of a rank waiting 2 s for a held lock",
+                        statistics.median(waits),
+                        "%",
+                        None,
+                        "≤ 5 %",
+                        worst <= 0.05,
+                        f"median of {len(waits)} waiters, max {worst * 100:.2f} %",
+                    )
+                )
+        if "contended" in wanted:
+            cont = phase_contended(ctrl, 3, 0.8 * scale)
+            if cont is not None:
+                add(
+                    Row(
+                        f"contended read() latency p50, {size} ranks",
+                        cont.read_p50,
+                        "us",
+                        cont.read_p50 / floor,
+                        note=f"p99 {cont.read_p99 * 1e3:.2f} ms",
+                    )
+                )
+                add(
+                    Row(
+                        f"contended write() throughput, {size} ranks",
+                        cont.write_rate,
+                        "/s",
+                        1 / cont.write_rate / floor,
+                        note=f"x floor = time per grant; p50 wait {cont.write_p50 * 1e3:.2f} ms",
+                    )
+                )
+    finally:
+        ctrl.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run the benchmark on every rank and print the table on rank 0."""
+    parser = argparse.ArgumentParser(prog="python -m mpilock.bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only", nargs="+", choices=PHASES, default=list(PHASES), help="phases to run (the floor always runs)"
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        metavar="MS",
+        help="sys.setswitchinterval on every rank, in milliseconds (default: leave it)",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every count and duration")
+    args = parser.parse_args(argv)
+    size = WORLD.Get_size()
+    if size < 2:
+        if WORLD.Get_rank() == 0:
+            print(
+                "mpilock.bench needs at least 2 ranks (mpiexec -n 4 python -m mpi4py -m mpilock.bench); "
+                "nothing to measure with 1."
+            )
+        return 0
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval * 1e-3)
+    started = time.monotonic()
+    rows = run(tuple(args.only), args.scale)
+    if WORLD.Get_rank() == MASTER:
+        version = MPI.Get_library_version().splitlines()[0].strip()
+        header = [
+            f"mpilock.bench: {size} ranks on {os.cpu_count()} cores, {version}, {_transport()}",
+            f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms; backoff spin "
+            f"{backoff.SPIN_SECONDS / US:g} µs, sleeps {backoff.SHORTEST_SLEEP / US:g} µs .. "
+            f"{backoff.LONGEST_SLEEP * 1e3:g} ms",
+            "",
+        ]
+        print_table(rows, header)
+        print(f"\n(run took {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
