@@ -12,6 +12,7 @@ on a private duplicate of the communicator::
 """
 
 from .controller import WindowController, sync
+from .dedicated import dedicated
 from .errors import ClosedError, FencedSignal, FenceError, LockTimeout, MpilockError
 from .fence import Fence
 
@@ -23,6 +24,7 @@ __all__ = [
     "LockTimeout",
     "MpilockError",
     "WindowController",
+    "dedicated",
     "sync",
 ]
 __version__ = "1.1.0"

@@ -6,6 +6,7 @@ import atexit
 import itertools
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -31,7 +32,7 @@ _CANCELLED = frozenset({Reply.CANCELLED})
 
 
 
-def _check_args(comm: Any, master: Any) -> MPI.Intracomm:
+def check_args(comm: Any, master: Any) -> MPI.Intracomm:
     """Validate ``comm`` and ``master`` identically on every rank (collective)."""
     if comm is None:
         comm = MPI.COMM_WORLD
@@ -78,19 +79,34 @@ class WindowController:
         ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
         Chrome trace-event JSON file the master writes at close.
         """
-        user_comm = _check_args(comm, master)
-        self._comm: MPI.Intracomm = user_comm.Dup()
-        self._master = master
-        self._rank = self._comm.Get_rank()
-        self._size = self._comm.Get_size()
+        user_comm = check_args(comm, master)
+        private = user_comm.Dup()
         self._channel: Channel | None = None
-        self._trace_path = trace if trace is not None else os.environ.get("MPILOCK_TRACE") or None
         self._recorder: Recorder | None = None
-        if self._rank == master:
-            self._recorder = Recorder(self._size, keep_events=self._trace_path is not None)
-            self._channel = Channel(self._comm, self._recorder.observe)
+        self._trace_path = trace_path(trace)
+        if private.Get_rank() == master:
+            self._recorder = Recorder(private.Get_size(), keep_events=self._trace_path is not None)
+            self._channel = Channel(private, self._recorder)
             SERVICE.add(self._channel)
-        self._link = Link(self._comm, master)
+        self._attach(private, master, user_comm, writer=master)
+
+    @classmethod
+    def _client_of(cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm) -> WindowController:
+        """A controller for the ranks of ``comm`` served by a dedicated rank of ``private``."""
+        ctrl = cls.__new__(cls)
+        ctrl._channel, ctrl._recorder, ctrl._trace_path = None, None, None
+        ctrl._attach(private, server, comm, writer=0)
+        return ctrl
+
+    def _attach(self, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, writer: int) -> None:
+        """Connect this rank of ``comm`` to the server on rank ``server`` of ``private``."""
+        self._comm = private
+        self._user_comm = comm
+        self._master = server
+        self._rank = comm.Get_rank()
+        self._size = comm.Get_size()
+        self._default_writer = writer
+        self._link = Link(private, server)
         self._mode: str | None = None  # None, "read" or "write": what the server thinks we hold
         self._fences_started = 0
         self._closed = False
@@ -107,6 +123,11 @@ class WindowController:
     def master(self) -> int:
         """Rank of the process that runs the lock server."""
         return self._master
+
+    @property
+    def comm(self) -> MPI.Intracomm:
+        """The communicator of the ranks that share the lock (yours, not the private one)."""
+        return self._user_comm
 
     @property
     def rank(self) -> int:
@@ -156,7 +177,7 @@ class WindowController:
         ``as`` target is ``h`` and everyone else's is ``None``.
         """
         self._check_open()
-        writer = self._master if rank is None else rank
+        writer = self._default_writer if rank is None else rank
         if isinstance(writer, bool) or not isinstance(writer, int) or not 0 <= writer < self._size:
             raise ValueError(f"single_write rank={rank!r} is not a rank of a communicator of size {self._size}")
         number = self._fences_started
@@ -212,14 +233,13 @@ class WindowController:
         self._mode = None
 
     def stats(self) -> dict[str, Any]:
-        """Return per-rank lock counts, wait-time percentiles and hold times; collective.
+        """Return per-rank lock counts, wait-time percentiles and hold times.
 
-        Computed by the server from what it saw so far; every rank gets the
-        same dict (see :meth:`mpilock.trace.Recorder.stats`).
+        Asked from the server, which computes them from what it has seen so
+        far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
         """
-        self._check_open()
-        summary = self._recorder.stats() if self._recorder is not None else None
-        result: dict[str, Any] = self._comm.bcast(summary, root=self._master)
+        answer = self._link_call(Op.STATS)
+        result: dict[str, Any] = pickle.loads(answer.payload or b"")
         return result
 
     def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
@@ -288,6 +308,11 @@ def _close_all() -> None:
         MPI.COMM_WORLD.Abort(1)
     for serial in sorted(_OPEN):
         _OPEN[serial].close()
+
+
+def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """The trace file asked for by ``trace=`` or else by ``MPILOCK_TRACE`` (None: no tracing)."""
+    return trace if trace is not None else os.environ.get("MPILOCK_TRACE") or None
 
 
 def sync(

@@ -18,6 +18,8 @@ Rules implemented here:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+
 from .events import ProtocolError, Send
 from .fences import FenceBook
 from .protocol import FenceStatus, Flag, Op, Reply
@@ -28,18 +30,25 @@ __all__ = ["LockCore", "ProtocolError", "Send"]
 class LockCore:
     """State of one controller's lock, fed one request at a time."""
 
-    def __init__(self, size: int) -> None:
-        """Create the state for a communicator of ``size`` ranks."""
+    def __init__(self, size: int, members: Iterable[int] | None = None) -> None:
+        """Create the state for a communicator of ``size`` ranks.
+
+        ``members`` are the ranks that use the lock (default: all).  A
+        dedicated server rank is not a member: it never locks or closes.
+        """
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
+        self.members = frozenset(range(size) if members is None else members)
+        if not self.members or not self.members <= frozenset(range(size)):
+            raise ValueError(f"members must be a non-empty subset of range({size})")
         self.readers: dict[int, int] = {}
         """rank -> seq of the granted read request."""
         self.writer: tuple[int, int] | None = None
         """(rank, seq) of the granted write request."""
         self.waiting_writers: deque[tuple[int, int]] = deque()
         self.waiting_readers: dict[int, int] = {}
-        self.fences = FenceBook(size)
+        self.fences = FenceBook(size, self.members)
         self._closing: dict[int, int] = {}
         self.closed = False
 
@@ -57,8 +66,8 @@ class LockCore:
         self, rank: int, op: int, seq: int, arg: int = 0, aux: int = 0, payload: bytes | None = None
     ) -> list[Send]:
         """Apply request ``op`` from ``rank`` and return the replies to send."""
-        if not 0 <= rank < self.size:
-            raise ProtocolError(f"rank {rank} outside communicator of size {self.size}")
+        if rank not in self.members:
+            raise ProtocolError(f"rank {rank} is not one of the lock's {len(self.members)} member ranks")
         if self.closed:
             raise ProtocolError(f"request {op} from rank {rank} after close")
         out: list[Send] = []
@@ -148,6 +157,6 @@ class LockCore:
         self.waiting_writers = deque((r, s) for r, s in self.waiting_writers if r != rank)
         self._schedule(out)
         self._closing[rank] = seq
-        if len(self._closing) == self.size:
+        if len(self._closing) == len(self.members):
             self.closed = True
             out.extend(Send(r, Reply.CLOSED, s) for r, s in sorted(self._closing.items()))

@@ -43,9 +43,10 @@ class FenceRecord:
 class FenceBook:
     """Outcomes of ended fences plus the ranks parked at the end of one."""
 
-    def __init__(self, size: int) -> None:
-        """Track fences for a communicator of ``size`` ranks."""
+    def __init__(self, size: int, members: frozenset[int] | None = None) -> None:
+        """Track fences for a communicator of ``size`` ranks, of which ``members`` take part."""
         self.size = size
+        self.members = frozenset(range(size)) if members is None else members
         self.records: dict[int, FenceRecord] = {}
         self.waiters: dict[int, list[tuple[int, int]]] = {}
         """Fence -> (rank, seq) of ranks (writer included) waiting for FENCE_DONE."""
@@ -74,7 +75,7 @@ class FenceBook:
             raise ProtocolError(f"fence {fence} ended twice (second time by rank {rank})")
         self.last_ended = fence
         gone = self.skipped.pop(fence, set())
-        pending = {r for r in range(self.size) if r != rank and self.latest[r] <= fence and r not in gone}
+        pending = {r for r in self.members if r != rank and self.latest[r] <= fence and r not in gone}
         self.records[fence] = FenceRecord(status, payload, pending)
         self.waiters.setdefault(fence, []).append((rank, seq))
         return self.advance(rank, fence)
@@ -105,7 +106,7 @@ class FenceBook:
     def _finish(self, fence: int) -> list[Send]:
         """Answer everyone parked at ``fence`` once it ended and all ranks arrived."""
         record = self.records.get(fence)
-        if record is None or fence not in self.waiters or min(self.latest) < fence:
+        if record is None or fence not in self.waiters or min(self.latest[r] for r in self.members) < fence:
             return []
         out = []
         for rank, seq in self.waiters.pop(fence):

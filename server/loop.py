@@ -2,17 +2,22 @@
 
 One background thread per process serves every controller whose master is this
 rank (one :class:`Channel` each), so many controllers never cost one busy
-thread each.  The thread exists only while at least one channel is open.
+thread each.  The thread exists only while at least one channel is open.  A
+dedicated server rank runs the same loop in its main thread instead
+(:func:`serve_until_closed`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from mpi4py import MPI
 
@@ -23,17 +28,36 @@ from .protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 log = logging.getLogger("mpilock.server")
 
-Observer = Callable[[float, int, int, int, list[Send]], None]
-"""Called as ``observer(time, rank, op, seq, replies)`` after each request."""
+SWITCH_INTERVAL = float(os.environ.get("MPILOCK_SWITCH_INTERVAL", "0.0005"))
+"""GIL switch interval (seconds) the master uses while its server thread runs; 0 leaves it alone.
+
+A thread waiting for the GIL gets it only after this long if the application
+thread computes in pure Python, so it bounds the grant latency of a busy master.
+"""
+
+
+class Observer(Protocol):
+    """What a channel reports to: the lock statistics and trace recorder."""
+
+    def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Send]) -> None:
+        """Account for one request from ``rank`` and the replies it caused."""
+
+    def stats(self) -> dict[str, Any]:
+        """Summarise what was observed (sent to clients that ask with ``Op.STATS``)."""
 
 
 class Channel:
     """The server side of one controller: its private communicator and core."""
 
-    def __init__(self, comm: MPI.Intracomm, observer: Observer | None = None) -> None:
-        """Serve the lock of the controller that owns the private ``comm``."""
+    def __init__(
+        self, comm: MPI.Intracomm, observer: Observer | None = None, members: Iterable[int] | None = None
+    ) -> None:
+        """Serve the lock of the controller that owns the private ``comm``.
+
+        ``members`` are the ranks of ``comm`` that use the lock (default all).
+        """
         self.comm = comm
-        self.core = LockCore(comm.Get_size())
+        self.core = LockCore(comm.Get_size(), members)
         self.observer = observer
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
@@ -46,34 +70,47 @@ class Channel:
         return self.comm.Irecv([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
 
     def poll(self) -> bool:
-        """Handle at most one arrived request; return whether anything happened."""
-        busy = self._flush_sends()
-        if not self._recv.Test(self._status):
-            return busy
-        rank = self._status.Get_source()
+        """Handle at most one arrived request; return whether anything happened.
+
+        One ``Testsome`` covers the receive and every send in flight, so an
+        idle poll releases the GIL once.
+        """
+        statuses: list[MPI.Status] = []
+        done = MPI.Request.Testsome([self._recv] + [r for r, _ in self._sends], statuses)
+        if not done:
+            return False
+        if done[-1] > 0 or len(done) > 1:
+            self._sends = [(r, b) for r, b in self._sends if r != MPI.REQUEST_NULL]
+        if done[0] == 0:
+            self._serve_one(statuses[0].Get_source())
+        return True
+
+    def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
         payload = None
         if nbytes:
             buf = bytearray(nbytes)
             self.comm.Recv([buf, MPI.BYTE], rank, TAG_PAYLOAD)
             payload = bytes(buf)
-        try:
-            replies = self.core.handle(rank, op, seq, arg, aux, payload)
-        except (ProtocolError, ValueError) as err:
-            log.warning("protocol error from rank %d: %s", rank, err)
-            replies = [] if op == Op.RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
+        if op == Op.STATS:
+            stats = self.observer.stats() if self.observer is not None else {}
+            replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
+        else:
+            try:
+                replies = self.core.handle(rank, op, seq, arg, aux, payload)
+            except (ProtocolError, ValueError) as err:
+                log.warning("protocol error from rank %d: %s", rank, err)
+                replies = [] if op == Op.RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
+            if self.observer is not None:
+                self.observer.observe(time.monotonic(), rank, op, seq, replies)
         for reply in replies:
             self._send(reply)
-        if self.observer is not None:
-            self.observer(time.monotonic(), rank, op, seq, replies)
         if self.core.closed:
-            self._recv = MPI.REQUEST_NULL
             MPI.Request.Waitall([r for r, _ in self._sends])
             self._sends.clear()
             self.finished.set()
         else:
             self._recv = self._post()
-        return True
 
     def _send(self, reply: Send) -> None:
         data = reply.payload or b""
@@ -82,12 +119,25 @@ class Channel:
         if data:
             self._sends.append((self.comm.Isend([data, MPI.BYTE], reply.rank, TAG_PAYLOAD), data))
 
-    def _flush_sends(self) -> bool:
-        if not self._sends:
-            return False
-        before = len(self._sends)
-        self._sends = [(r, b) for r, b in self._sends if not r.Test()]
-        return len(self._sends) != before
+
+def serve(current: Callable[[], list[Channel]], wake: threading.Event | None = None) -> None:
+    """Poll the channels ``current()`` returns, in this thread, until it returns none."""
+    backoff = Backoff()
+    while channels := current():
+        busy = False
+        for channel in channels:
+            busy = channel.poll() or busy
+        if busy:
+            backoff.reset()
+        else:
+            if wake is not None:
+                wake.clear()
+            backoff.pause(wake)
+
+
+def serve_until_closed(channel: Channel) -> None:
+    """Serve one channel in this thread until every member rank has closed it."""
+    serve(lambda: [] if channel.finished.is_set() else [channel])
 
 
 class ServiceLoop:
@@ -99,6 +149,7 @@ class ServiceLoop:
         self._channels: list[Channel] = []
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._saved_interval: float | None = None
 
     @property
     def running(self) -> bool:
@@ -111,6 +162,9 @@ class ServiceLoop:
         with self._lock:
             self._channels.append(channel)
             if self._thread is None:
+                if SWITCH_INTERVAL > 0 and self._saved_interval is None:
+                    self._saved_interval = sys.getswitchinterval()
+                    sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
                 self._thread = threading.Thread(target=self._run, name="mpilock-server", daemon=True)
                 self._thread.start()
         self._wake.set()
@@ -124,28 +178,21 @@ class ServiceLoop:
 
     def _run(self) -> None:
         try:
-            self._serve()
+            serve(self._current, self._wake)
         except BaseException:  # a bug in the server would hang every rank: abort instead
             log.critical("mpilock server thread crashed; aborting the MPI job", exc_info=True)
             MPI.COMM_WORLD.Abort(70)
 
-    def _serve(self) -> None:
-        backoff = Backoff()
-        while True:
-            with self._lock:
-                channels = [c for c in self._channels if not c.finished.is_set()]
-                self._channels = channels
-                if not channels:
-                    self._thread = None
-                    return
-            busy = False
-            for channel in channels:
-                busy = channel.poll() or busy
-            if busy:
-                backoff.reset()
-            else:
-                self._wake.clear()
-                backoff.pause(self._wake)
+    def _current(self) -> list[Channel]:
+        """The open channels; if none is left, mark the thread stopped and restore the interval."""
+        with self._lock:
+            self._channels = [c for c in self._channels if not c.finished.is_set()]
+            if not self._channels:
+                self._thread = None
+                if self._saved_interval is not None:
+                    sys.setswitchinterval(self._saved_interval)
+                    self._saved_interval = None
+            return self._channels
 
 
 SERVICE = ServiceLoop()

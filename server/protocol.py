@@ -46,6 +46,8 @@ class Op(IntEnum):
     """Ask for the payload of fence ``arg``."""
     CLOSE = 9
     """This rank closes the controller.  Replied once every rank has closed."""
+    STATS = 10
+    """Ask for the lock statistics; replied with PAYLOAD carrying a pickled dict."""
 
 
 class Flag(IntEnum):
