@@ -92,7 +92,7 @@ class WindowController:
 
     @classmethod
     def _client_of(cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm) -> WindowController:
-        """A controller for the ranks of ``comm`` served by a dedicated rank of ``private``."""
+        """Build a controller for the ranks of ``comm``, served by a dedicated rank of ``private``."""
         ctrl = cls.__new__(cls)
         ctrl._channel, ctrl._recorder, ctrl._trace_path = None, None, None
         ctrl._attach(private, server, comm, writer=0)
@@ -311,7 +311,7 @@ def _close_all() -> None:
 
 
 def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
-    """The trace file asked for by ``trace=`` or else by ``MPILOCK_TRACE`` (None: no tracing)."""
+    """Return the trace file asked for by ``trace=`` or else ``MPILOCK_TRACE`` (None: no tracing)."""
     return trace if trace is not None else os.environ.get("MPILOCK_TRACE") or None
 
 

@@ -35,7 +35,7 @@ from .trace import Recorder
 def dedicated(
     comm: MPI.Intracomm | None = None, server: int = 0, *, trace: str | os.PathLike[str] | None = None
 ) -> Iterator[WindowController | None]:
-    """Collective: rank ``server`` of ``comm`` serves the lock; the others get a controller.
+    """Let rank ``server`` of ``comm`` serve the lock and give the others a controller; collective.
 
     The controller's ranks, ``rank``/``size``/``comm`` and ``single_write(rank=)``
     count only the ranks that use the lock (``comm`` without the server);

@@ -184,7 +184,7 @@ class ServiceLoop:
             MPI.COMM_WORLD.Abort(70)
 
     def _current(self) -> list[Channel]:
-        """The open channels; if none is left, mark the thread stopped and restore the interval."""
+        """Return the open channels; with none left, mark the thread stopped and restore the interval."""
         with self._lock:
             self._channels = [c for c in self._channels if not c.finished.is_set()]
             if not self._channels:
