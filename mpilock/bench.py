@@ -35,8 +35,9 @@ from mpi4py import MPI
 from mpi4py.util.sync import Mutex
 
 from .controller import WindowController, sync
+from .dedicated import dedicated
 from .link import Link
-from .server import backoff
+from .server import backoff, loop
 from .server.loop import Channel
 from .server.protocol import HEADER_LEN, TAG_REPLY, Op
 from .trace import Recorder
@@ -45,7 +46,7 @@ WORLD = MPI.COMM_WORLD
 MASTER = 0
 CLIENT = 1
 TAG_FLOOR = 4242
-PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "waiting", "contended")
+PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "dedicated", "waiting", "contended")
 
 US = 1e-6
 
@@ -268,6 +269,31 @@ def phase_busy(rounds: int, window: float) -> BusyResult:
     )
 
 
+def phase_dedicated(repeats: int, count: int) -> list[float]:
+    """Grant latencies of rank 1 with rank 0 as a dedicated server while every other rank computes.
+
+    Ranks >= 2 run a pure-Python loop for as long as rank 1 locks: the
+    application load that a server thread would have to share the GIL with.
+    """
+    rank = WORLD.Get_rank()
+    latencies: list[float] = []
+    with dedicated(WORLD, MASTER) as ctrl:
+        if ctrl is not None:
+            for _ in range(repeats):
+                done = ctrl.comm.Ibarrier() if rank != CLIENT else None
+                if rank == CLIENT:
+                    for _ in range(count):
+                        start = time.perf_counter()
+                        with ctrl.write():
+                            latencies.append(time.perf_counter() - start)
+                    ctrl.comm.Ibarrier().Wait()
+                else:
+                    assert done is not None
+                    while not done.Test():  # compute until rank 1 is done
+                        spin_compute(0.01, 0.01)
+    return list(share(latencies if rank == CLIENT else None, CLIENT))
+
+
 def phase_waiting(ctrl: WindowController, seconds: float) -> list[float]:
     """CPU share of every rank that waits ``seconds`` for a read lock while the master holds the write lock."""
     rank = WORLD.Get_rank()
@@ -335,14 +361,14 @@ def server_cost(repeats: int, pairs: int) -> float:
     work the server thread does per request, without waits or GIL contention.
     """
     comm = MPI.COMM_SELF.Dup()
-    recorder = Recorder(1)
     seen = [0]
 
-    def observe(now: float, rank: int, op: int, seq: int, replies: list[Any]) -> None:
-        seen[0] += 1
-        recorder.observe(now, rank, op, seq, replies)
+    class Counting(Recorder):
+        def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Any]) -> None:
+            seen[0] += 1
+            super().observe(now, rank, op, seq, replies)
 
-    channel = Channel(comm, observe)
+    channel = Channel(comm, Counting(1))
     link = Link(comm, 0)
     headers = array("q", bytes(8 * HEADER_LEN * (pairs + 1)))
     costs: list[float] = []
@@ -451,6 +477,22 @@ def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
         note = "process minus app-thread CPU; bounds the GIL time taken from the loop"
         add(Row("busy master: server thread CPU while rank 1 locks", busy.server_cpu, "%", note=note))
 
+    if "dedicated" in wanted:
+        lat = phase_dedicated(5, n(300))
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        note = f"rank 0 only serves; ranks >= 2 compute in pure Python; p99 {p99 / US:,.0f} µs"
+        add(
+            Row(
+                "dedicated server: write grant latency p50, rank 1",
+                p50,
+                "us",
+                p50 / floor,
+                "≤ 10x floor",
+                p50 <= 10 * floor,
+                note,
+            )
+        )
+
     ctrl = sync(WORLD, MASTER)
     try:
         if "uncontended" in wanted:
@@ -552,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         version = MPI.Get_library_version().splitlines()[0].strip()
         header = [
             f"mpilock.bench: {size} ranks on {os.cpu_count()} cores, {version}, {_transport()}",
-            f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms; backoff spin "
+            f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms "
+            f"({loop.SWITCH_INTERVAL * 1e3:g} ms on the master while it serves); backoff spin "
             f"{backoff.SPIN_SECONDS / US:g} µs, sleeps {backoff.SHORTEST_SLEEP / US:g} µs .. "
             f"{backoff.LONGEST_SLEEP * 1e3:g} ms",
             "",

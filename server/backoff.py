@@ -4,8 +4,9 @@ MPI implementations busy-poll inside blocking waits, which would burn a core on
 every idle server and every waiting rank.  Both sides of mpilock therefore poll
 with non-blocking tests and call :meth:`Backoff.pause` between polls: right
 after activity it only yields the GIL and the CPU (``os.sched_yield``, ~1 µs;
-``time.sleep(0)`` costs ~80 µs because of the kernel's timer slack), later it sleeps with a doubling interval
-capped at ``longest`` seconds, so an idle process uses well under 2 % of a core.
+``time.sleep(0)`` costs ~80 µs because of the kernel's timer slack), later it
+sleeps with a doubling interval capped at ``longest`` seconds, so an idle
+process uses well under 2 % of a core.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import threading
 import time
 
 SPIN_SECONDS = float(os.environ.get("MPILOCK_SPIN", "0.0002"))
-"""How long after activity a poller only yields instead of sleeping."""
+"""How long after activity the server only yields instead of sleeping."""
+CLIENT_SPIN_SECONDS = float(os.environ.get("MPILOCK_CLIENT_SPIN", "0.002"))
+"""How long a rank waiting for a reply only yields before it starts sleeping.
+
+Longer than the server's spin: a queued writer that is still spinning when the
+lock is handed to it takes it within microseconds, which keeps contended
+hand-offs in the fast regime (tens of µs instead of up to one sleep)."""
 SHORTEST_SLEEP = 20e-6
 LONGEST_SLEEP = float(os.environ.get("MPILOCK_MAX_SLEEP", "0.001"))
 """Upper bound on one sleep: the worst extra latency an idle poller adds."""

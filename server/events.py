@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .protocol import Reply
 
@@ -11,9 +11,8 @@ class ProtocolError(Exception):
     """A client sent a request that breaks the protocol (a bug, not user input)."""
 
 
-@dataclass(frozen=True)
-class Send:
-    """One reply for the I/O layer to send to ``rank``."""
+class Send(NamedTuple):
+    """One reply for the I/O layer to send to ``rank`` (a tuple: cheap on the hot path)."""
 
     rank: int
     code: Reply
