@@ -31,7 +31,6 @@ _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
 
 
-
 def check_args(comm: Any, master: Any) -> MPI.Intracomm:
     """Validate ``comm`` and ``master`` identically on every rank (collective)."""
     if comm is None:

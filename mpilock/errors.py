@@ -35,4 +35,3 @@ class FencedSignal(Exception):
     The fence's ``with`` block swallows it, so the non-writers jump to the end
     of the block and wait there for the writer.
     """
-
