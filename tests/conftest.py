@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.fixture
-def ctrl() -> Iterator["mpilock.WindowController"]:  # noqa: F821
+def ctrl() -> Iterator[mpilock.WindowController]:  # noqa: F821
     import mpilock
 
     controller = mpilock.sync()

@@ -1,6 +1,7 @@
 """The lock manager core in one process: no MPI, every rule of DESIGN.md."""
 
 import pytest
+
 from mpilock.server.core import LockCore, ProtocolError, Send
 from mpilock.server.protocol import FenceStatus, Flag, Op, Reply
 

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 from mpi4py import MPI
-from mpilock.server.loop import SERVICE
 from mpitools import mpi
 
 import mpilock
+from mpilock.server.loop import SERVICE
 
 COMM = MPI.COMM_WORLD
 

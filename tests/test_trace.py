@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from mpilock.server import Flag, LockCore, Op, Reply, Send
 
 from mpilock.plot import load_spans
+from mpilock.server import Flag, LockCore, Op, Reply, Send
 from mpilock.trace import Recorder
 
 
