@@ -278,8 +278,14 @@ class WindowController:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Close the controller (collective)."""
-        self.close()
+        """Close the controller (collective), unless an exception is leaving the block.
+
+        Closing waits for every rank; after an error on this rank the others
+        may never get there, so the controller is left open instead: closed at
+        interpreter exit, or the job aborted if the exception is never caught.
+        """
+        if exc is None:
+            self.close()
 
     def __repr__(self) -> str:
         """Show rank, master and state."""

@@ -61,8 +61,6 @@ def dedicated(
         yield None
         return
     ctrl = WindowController._client_of(private, server, clients)
-    try:
-        yield ctrl
-    finally:
-        ctrl.close()
-        clients.Free()
+    yield ctrl  # an exception leaves ctrl open: see WindowController.__exit__
+    ctrl.close()
+    clients.Free()

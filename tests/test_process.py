@@ -56,21 +56,31 @@ def test_thread_level_below_multiple_is_explained():
     assert "MPI_THREAD_MULTIPLE" in result.stdout and "thread_level" in result.stdout
 
 
-def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_path):
-    script = tmp_path / "crash.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import time, mpilock
-            ctrl = mpilock.sync()
+CRASHES = {
+    "at_close": """
+        import time, mpilock
+        ctrl = mpilock.sync()
+        if ctrl.rank == 1:
+            raise RuntimeError("rank 1 dies")
+        with ctrl.write():
+            time.sleep(0.5)
+        ctrl.close()  # the other ranks would wait here for rank 1 forever
+        """,
+    "inside_with": """
+        import mpilock
+        from mpi4py import MPI
+        with mpilock.sync() as ctrl:  # leaving with an exception must not close (collectively)
             if ctrl.rank == 1:
                 raise RuntimeError("rank 1 dies")
-            with ctrl.write():
-                time.sleep(0.5)
-            ctrl.close()  # the other ranks would wait here for rank 1 forever
-            """
-        )
-    )
+            MPI.COMM_WORLD.recv(source=1)
+        """,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRASHES))
+def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_path, case):
+    script = tmp_path / "crash.py"
+    script.write_text(textwrap.dedent(CRASHES[case]))
     result = subprocess.run(
         ["mpiexec", "-n", "3", sys.executable, str(script)], capture_output=True, text=True, timeout=60
     )
