@@ -58,8 +58,8 @@ class FenceBook:
         """Fence -> ranks that left it with an error of their own before it ended."""
 
     def stored_bytes(self) -> int:
-        """Total size of the payloads and error texts still stored."""
-        return sum(len(r.payload or b"") for r in self.records.values())
+        """Total size of the payloads and error texts still stored (safe to call from another thread)."""
+        return sum(len(r.payload or b"") for r in list(self.records.values()))
 
     def advance(self, rank: int, fence: int) -> list[Send]:
         """Note that ``rank`` reached ``fence``; it can no longer collect older ones."""

@@ -68,3 +68,19 @@ def test_collect_without_share_is_none_and_partial_collect_is_fine(ctrl, mpi_ran
             fence.share(i)
         if ctrl.rank % 2 == 0:  # only some ranks collect
             assert fence.collect() == i
+
+
+@mpi()
+def test_uncollected_payloads_do_not_pile_up_on_the_master(ctrl, mpi_ranks):
+    megabyte = np.zeros(1 << 20, dtype=np.uint8)
+    peak = 0
+    for i in range(40):
+        with ctrl.single_write() as fence:  # written by the master, collected by nobody else
+            fence.guard()
+            megabyte[0] = i
+            fence.share(megabyte)
+        if ctrl.rank == 0:
+            assert fence.collect()[0] == i
+        if ctrl._channel is not None:
+            peak = max(peak, ctrl._channel.core.fences.stored_bytes())
+    assert peak <= 2 * (megabyte.nbytes + 1024)
