@@ -13,25 +13,22 @@ running after ``DEADLINE`` seconds or exits 0.
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import launch
 import pytest
 
-DEADLINE = float(os.environ.get("MPILOCK_DEAD_RANK_DEADLINE", "60"))
+DEADLINE = float(os.environ.get("MPILOCK_DEAD_RANK_DEADLINE", "30"))
 """Seconds the job gets to notice the dead rank and end (it takes 1-3 s here)."""
 
 pytestmark = [
     pytest.mark.mpiexec,
-    pytest.mark.skipif(bool(os.environ.get("PYTEST_ISOLATE_MPI_IS_FORKED")), reason="launches its own mpiexec"),
-    pytest.mark.timeout(DEADLINE + 60),  # the subprocess deadline must fire first, with a useful report
+    pytest.mark.skipif(launch.INSIDE_MPI_JOB, reason="launches its own mpiexec"),
+    pytest.mark.timeout(3 * DEADLINE + 60),  # the subprocess deadlines must fire first, with a useful report
 ]
 
 PROLOGUE = """
@@ -45,8 +42,16 @@ assert COMM.size == 3, COMM.size
 ctrl = mpilock.sync()
 
 
+def mark(event):
+    # Evidence in a file: the launcher may drop the output of a job it kills.
+    with open(f"{event}-{COMM.rank}", "w") as f:
+        f.flush()
+        os.fsync(f.fileno())
+    print(f"rank {COMM.rank}: {event}", flush=True)
+
+
 def die():
-    print(f"rank {COMM.rank} dies ({HOW})", flush=True)
+    mark("dies")
     if HOW == "raise":
         raise RuntimeError(f"rank {COMM.rank} dies")
     os._exit(3 if HOW == "exit3" else 0)
@@ -64,7 +69,7 @@ SCENARIOS = {
         else:
             COMM.barrier()
             with ctrl.write():
-                print(f"rank {COMM.rank} got the lock after the holder died", flush=True)
+                mark("got-the-lock-after-the-holder-died")
         """,
     # Rank 0 holds the write lock waiting for a message from rank 2, rank 1 queues; rank 2 dies.
     "bystander": """
@@ -99,57 +104,48 @@ SCENARIOS = {
 }
 DYING_RANK = {"holder": 1, "bystander": 2, "server": 0}
 EPILOGUE = """
-print(f"rank {COMM.rank} reached the end of the script", flush=True)
+mark("reached-the-end")
 ctrl.close()
 """
 
 
-@functools.cache
-def mpiexec() -> list[str]:
-    """The launcher of the MPI that mpi4py uses here, with the flags 3 ranks on 2 cores need."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec found")
-    version = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
-    if "Open MPI" in version.stdout + version.stderr:
-        return [found, "--oversubscribe"]
-    return [found]
-
-
-def environment() -> dict[str, str]:
-    """This environment without what an MPI singleton or an outer mpiexec put there."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "OMPI_COMM", "PMIX_"))}
-    env.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.setdefault("UCX_LOG_LEVEL", "error")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def launch(script: Path, how: str) -> tuple[int | None, float, str]:
+def launch_job(script: Path, how: str) -> tuple[int | None, float, str]:
     """Run the script on 3 ranks; return (exit code or None if it hung, seconds, output)."""
-    command = [*mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(script), how]
     start = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=environment(),
-        cwd=script.parent,
-        start_new_session=True,  # its own process group: a hung job is killed whole
-    )
-    try:
-        output, _ = proc.communicate(timeout=DEADLINE)
-        code: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        code = None
-    return code, time.monotonic() - start, output
+    command = [*launch.mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", str(script), how]
+    result = launch.run(command, DEADLINE, cwd=script.parent)
+    if result is None:
+        return None, time.monotonic() - start, ""
+    return result.returncode, time.monotonic() - start, result.stdout + result.stderr
+
+
+HYDRA_ATTEMPTS = 3
+"""Launches allowed for a rank killed by ``os._exit`` under MPICH's hydra.
+
+hydra sometimes misses such a death (about 1 run in 20 here): its proxy reaps
+the dead process before it handles the closed PMI socket, and then does not
+kill the other ranks (a race in the launcher; compare pmodels/mpich#7057).
+mpilock cannot see a rank that vanished without a word, so for this case only
+a hang is retried, and the test still fails if every attempt hangs.
+"""
+
+
+def launch_dying(script: Path, how: str) -> tuple[int | None, float, str]:
+    """:func:`launch_job`, retried after a hang only where hydra's race explains it."""
+    attempts = HYDRA_ATTEMPTS if how != "raise" and launch.is_hydra() else 1
+    for _ in range(attempts):
+        for old in script.parent.iterdir():  # events of a hung attempt
+            if old != script:
+                old.unlink()
+        code, seconds, output = launch_job(script, how)
+        if code is not None:
+            break
+    return code, seconds, output
+
+
+def marks(folder: Path) -> set[str]:
+    """The events the ranks recorded, as "event-rank" file names."""
+    return {p.name for p in folder.iterdir() if not p.name.endswith(".py")}
 
 
 def write_script(tmp_path: Path, scenario: str) -> Path:
@@ -161,24 +157,26 @@ def write_script(tmp_path: Path, scenario: str) -> Path:
 @pytest.mark.parametrize("how", ["raise", "exit3"])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_a_dead_rank_ends_the_job(tmp_path, scenario, how):
-    code, seconds, output = launch(write_script(tmp_path, scenario), how)
+    code, seconds, output = launch_dying(write_script(tmp_path, scenario), how)
     report = f"{scenario}/{how}: exit {code} after {seconds:.1f} s\n{output[-4000:]}"
     assert code is not None, f"the job hung: killed after {DEADLINE:.0f} s\n{report}"
     assert code != 0, report
-    assert f"rank {DYING_RANK[scenario]} dies ({how})" in output, report
+    seen = marks(tmp_path)
+    report += f"\nevents: {sorted(seen)}"
+    assert f"dies-{DYING_RANK[scenario]}" in seen, report
     # (The dying rank's traceback is not checked: hydra may drop its last stderr when it aborts the job.)
     if how != "raise":
         # The lock is never released, so nobody may get past it; an exception, by contrast,
         # leaves the with-block and releases the lock before mpi4py aborts.
-        assert "got the lock after the holder died" not in output, report
-        assert "reached the end" not in output, report
+        assert not any(e.startswith(("got-the-lock", "reached-the-end")) for e in seen), report
 
 
 def test_a_rank_that_exits_zero_without_finalize_ends_the_job(tmp_path):
     # The job ends, but its exit status is not reliable: MPICH's hydra reports 0 or 9
     # depending on which of its two ways of noticing the death wins; prterun reports 1.
-    code, seconds, output = launch(write_script(tmp_path, "holder"), "exit0")
+    code, seconds, output = launch_dying(write_script(tmp_path, "holder"), "exit0")
     report = f"holder/exit0: exit {code} after {seconds:.1f} s\n{output[-4000:]}"
     assert code is not None, f"the job hung: killed after {DEADLINE:.0f} s\n{report}"
-    assert "rank 1 dies (exit0)" in output, report
-    assert "got the lock after the holder died" not in output, report
+    seen = marks(tmp_path)
+    assert "dies-1" in seen, f"{report}\nevents: {sorted(seen)}"
+    assert not any(e.startswith("got-the-lock") for e in seen), f"{report}\nevents: {sorted(seen)}"

@@ -6,17 +6,15 @@ These are plain tests (no ``mpi`` marker): each one launches its own
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import pytest
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("PYTEST_ISOLATE_MPI_IS_FORKED")), reason="launches its own mpiexec")
+pytestmark = pytest.mark.skipif(launch.INSIDE_MPI_JOB, reason="launches its own mpiexec")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -24,46 +22,16 @@ TIMEOUT = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def environment() -> dict[str, str]:
-    """This environment with the venv's bin first on PATH and no leftovers of an enclosing MPI launch."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "OMPI_COMM", "PMIX_"))}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")  # more ranks than cores
-    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
-    env.setdefault("PRTE_MCA_rmaps_default_mapping_policy", ":oversubscribe")
-    env.pop("MPILOCK_TRACE", None)
-    return env
-
-
-def mpiexec() -> list[str]:
-    found = shutil.which("mpiexec", path=environment()["PATH"])
-    if found is None:
-        pytest.skip("mpiexec not found on PATH")
-    return [found]
-
-
 def run(command: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in its own session; on timeout kill the whole process group and fail."""
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"{' '.join(command)} timed out after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+    """Run ``command`` from the repository root; fail the test if it hangs."""
+    result = launch.run(command, timeout, cwd=ROOT)
+    if result is None:
+        pytest.fail(f"{' '.join(command)} timed out after {timeout} s")
+    return result
 
 
 def run_example(name: str, ranks: int, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [*mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(EXAMPLES / name), *args]
+    command = [*launch.mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(EXAMPLES / name), *args]
     result = run(command)
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result

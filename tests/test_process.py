@@ -1,22 +1,19 @@
 """Whole-process behaviour: a lone process without mpiexec, and a too-low thread level."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
+import launch
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("PYTEST_ISOLATE_MPI_IS_FORKED")), reason="launches its own processes"
-)
+pytestmark = pytest.mark.skipif(launch.INSIDE_MPI_JOB, reason="launches its own processes")
 
 
 def run(code: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "OMPI_COMM", "PMIX_"))}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, env=env
-    )
+    result = launch.run([sys.executable, "-c", textwrap.dedent(code)], timeout=60)
+    assert result is not None, "the process hung"
+    return result
 
 
 def test_single_process_without_mpiexec():
@@ -81,8 +78,8 @@ CRASHES = {
 def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_path, case):
     script = tmp_path / "crash.py"
     script.write_text(textwrap.dedent(CRASHES[case]))
-    result = subprocess.run(
-        ["mpiexec", "-n", "3", sys.executable, str(script)], capture_output=True, text=True, timeout=60
-    )
+    # Plain python, not python -m mpi4py: mpilock itself must turn the crash into an abort.
+    result = launch.run([*launch.mpiexec(), "-n", "3", sys.executable, str(script)], timeout=60)
+    assert result is not None, "the job hung"
     assert result.returncode != 0
     assert "aborting the MPI job" in result.stderr
