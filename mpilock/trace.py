@@ -1,7 +1,8 @@
 """Lock tracing: what the server saw, as statistics and as a Chrome trace.
 
 The server thread calls :meth:`Recorder.observe` after every request.  It
-keeps per-rank counters always (cheap) and, when tracing is on, the
+keeps per-rank counters always (cheap, bounded: wait percentiles come from
+each rank's most recent ``WAIT_SAMPLES`` waits) and, when tracing is on, the
 arrival/grant/release times of every lock.
 """
 
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from typing import Any
 
 from .server.events import Send
 from .server.protocol import Op, Reply
+
+
+WAIT_SAMPLES = 10_000
+"""Waits kept per rank for the percentiles, so a long run does not grow the master."""
 
 
 class Recorder:
@@ -27,7 +33,8 @@ class Recorder:
         self._pending: dict[int, tuple[float, str]] = {}
         self._held: dict[int, tuple[float, str]] = {}
         self.counts = [{"read": 0, "write": 0} for _ in range(size)]
-        self.waits: list[list[float]] = [[] for _ in range(size)]
+        self.waits: list[deque[float]] = [deque(maxlen=WAIT_SAMPLES) for _ in range(size)]
+        self.wait_max = [0.0] * size
         self.hold_total = [0.0] * size
 
     def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Send]) -> None:
@@ -63,6 +70,7 @@ class Recorder:
                 self._held[reply.rank] = (now, kind)
                 self.counts[reply.rank][kind] += 1
                 self.waits[reply.rank].append(now - asked)
+                self.wait_max[reply.rank] = max(self.wait_max[reply.rank], now - asked)
                 self._log(now, reply.rank, "grant", kind)
             elif reply.code == Reply.DENIED and reply.rank in self._pending:
                 _, kind = self._pending.pop(reply.rank)
@@ -73,7 +81,7 @@ class Recorder:
             self.events.append((now, rank, phase, kind))
 
     def stats(self) -> dict[str, Any]:
-        """Per-rank counts, wait percentiles (p50/p90/p99/max, seconds) and total hold time."""
+        """Per-rank counts, wait percentiles (p50/p90/p99 of the recent waits, seconds), max wait and hold time."""
         ranks = []
         for rank in range(self.size):
             waits = sorted(self.waits[rank])
@@ -85,7 +93,7 @@ class Recorder:
                     "wait_p50": _percentile(waits, 50),
                     "wait_p90": _percentile(waits, 90),
                     "wait_p99": _percentile(waits, 99),
-                    "wait_max": waits[-1] if waits else 0.0,
+                    "wait_max": self.wait_max[rank],
                     "hold_total": self.hold_total[rank],
                 }
             )

@@ -207,3 +207,23 @@ def test_plot_draws_a_png(tmp_path):
     out = tmp_path / "timeline.png"
     assert main([str(trace), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wait_samples_are_bounded_but_counts_and_max_are_not():
+    from mpilock.server.events import Send
+    from mpilock.server.protocol import Reply
+    from mpilock.trace import WAIT_SAMPLES
+
+    recorder = Recorder(2)
+    now = 0.0
+    for i in range(WAIT_SAMPLES + 500):
+        recorder.observe(now, 1, Op.WRITE, i, [Send(1, Reply.GRANTED, i)])  # rank 1 writes
+        recorder.observe(now, 0, Op.READ, i, [])  # rank 0 queues behind it
+        now += 5.0 if i == 0 else 0.001
+        recorder.observe(now, 1, Op.RELEASE, i, [Send(0, Reply.GRANTED, i)])  # and gets the lock
+        recorder.observe(now, 0, Op.RELEASE, i, [])
+    assert len(recorder.waits[0]) == WAIT_SAMPLES
+    stats = recorder.stats()["ranks"][0]
+    assert stats["reads"] == WAIT_SAMPLES + 500
+    assert stats["wait_max"] == 5.0  # the first wait fell out of the samples, not out of the max
+    assert abs(stats["wait_p99"] - 0.001) < 1e-9
