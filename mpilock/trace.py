@@ -16,7 +16,6 @@ from typing import Any
 from .server.events import Send
 from .server.protocol import Op, Reply
 
-
 WAIT_SAMPLES = 10_000
 """Waits kept per rank for the percentiles, so a long run does not grow the master."""
 
