@@ -12,6 +12,9 @@ from .errors import MpilockError
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
 
+_REPLIES = {int(r): r for r in Reply}
+"""Reply codes to members, a dict lookup: ``Reply(code)`` costs ~0.2 µs."""
+
 
 class Answer(NamedTuple):
     """A reply as received by a client (a tuple: cheap on the hot path)."""
@@ -85,7 +88,7 @@ class Link:
             buf = bytearray(nbytes)
             self.comm.Recv([buf, MPI.BYTE], self.master, TAG_PAYLOAD)
             payload = bytes(buf)
-        return Answer(Reply(code), seq, arg, aux, payload)
+        return Answer(_REPLIES[code], seq, arg, aux, payload)
 
     def _flush(self) -> None:
         if self._sends:

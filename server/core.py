@@ -18,13 +18,19 @@ Rules implemented here:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .events import ProtocolError, Send
 from .fences import FenceBook
 from .protocol import FenceStatus, Flag, Op, Reply
 
 __all__ = ["LockCore", "ProtocolError", "Send"]
+
+Handler = Callable[[int, int, int, int, "bytes | None", list[Send]], None]
+"""``handler(rank, seq, arg, aux, payload, out)``: apply one request, append replies to ``out``."""
+
+_GRANTED = Reply.GRANTED
+_TRY = int(Flag.TRY)
 
 
 class LockCore:
@@ -51,6 +57,17 @@ class LockCore:
         self.fences = FenceBook(size, self.members)
         self._closing: dict[int, int] = {}
         self.closed = False
+        self._handlers: dict[int, Handler] = {
+            Op.READ: self._on_read,
+            Op.WRITE: self._on_write,
+            Op.FENCE_BEGIN: self._on_fence_begin,
+            Op.RELEASE: self._on_release,
+            Op.CANCEL: self._on_cancel,
+            Op.FENCE_END: self._on_fence_end,
+            Op.FENCE_WAIT: self._on_fence_wait,
+            Op.COLLECT: self._on_collect,
+            Op.CLOSE: self._on_close,
+        }
 
     # -- queries -----------------------------------------------------------
     def holds(self, rank: int) -> bool:
@@ -70,28 +87,40 @@ class LockCore:
             raise ProtocolError(f"rank {rank} is not one of the lock's {len(self.members)} member ranks")
         if self.closed:
             raise ProtocolError(f"request {op} from rank {rank} after close")
-        out: list[Send] = []
-        if op == Op.READ or op == Op.WRITE:
-            self._request(rank, seq, op == Op.WRITE, bool(arg & Flag.TRY), out)
-        elif op == Op.FENCE_BEGIN:
-            out.extend(self.fences.advance(rank, arg))
-            self._request(rank, seq, True, False, out)
-        elif op == Op.RELEASE:
-            self._release(rank)
-            self._schedule(out)
-        elif op == Op.CANCEL:
-            self._cancel(rank, seq, out)
-        elif op == Op.FENCE_END:
-            out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
-        elif op == Op.FENCE_WAIT:
-            out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
-        elif op == Op.COLLECT:
-            out.extend(self.fences.collect(rank, seq, arg))
-        elif op == Op.CLOSE:
-            self._close(rank, seq, out)
-        else:
+        handler = self._handlers.get(op)
+        if handler is None:
             raise ProtocolError(f"unknown op {op} from rank {rank}")
+        out: list[Send] = []
+        handler(rank, seq, arg, aux, payload, out)
         return out
+
+    # -- one handler per op (a table: enum comparisons are slow on the hot path) ---
+    def _on_read(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+        self._request(rank, seq, False, bool(arg & _TRY), out)
+
+    def _on_write(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+        self._request(rank, seq, True, bool(arg & _TRY), out)
+
+    def _on_fence_begin(
+        self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]
+    ) -> None:
+        out.extend(self.fences.advance(rank, arg))
+        self._request(rank, seq, True, False, out)
+
+    def _on_release(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+        self._release(rank)
+        self._schedule(out)
+
+    def _on_fence_end(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+        out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
+
+    def _on_fence_wait(
+        self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]
+    ) -> None:
+        out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
+
+    def _on_collect(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+        out.extend(self.fences.collect(rank, seq, arg))
 
     # -- lock rules ------------------------------------------------------------
     def _grantable(self, write: bool) -> bool:
@@ -116,7 +145,7 @@ class LockCore:
             self.writer = (rank, seq)
         else:
             self.readers[rank] = seq
-        out.append(Send(rank, Reply.GRANTED, seq))
+        out.append(Send(rank, _GRANTED, seq))
 
     def _schedule(self, out: list[Send]) -> None:
         if self.writer is not None:
@@ -138,7 +167,7 @@ class LockCore:
         else:
             raise ProtocolError(f"rank {rank} released a lock it does not hold")
 
-    def _cancel(self, rank: int, seq: int, out: list[Send]) -> None:
+    def _on_cancel(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         if self.waiting_readers.get(rank) == seq:
             del self.waiting_readers[rank]
         elif (rank, seq) in self.waiting_writers:
@@ -148,7 +177,7 @@ class LockCore:
         out.append(Send(rank, Reply.CANCELLED, seq))
         self._schedule(out)  # a withdrawn writer may unblock readers
 
-    def _close(self, rank: int, seq: int, out: list[Send]) -> None:
+    def _on_close(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         if rank in self._closing:
             raise ProtocolError(f"rank {rank} closed twice")
         if self.holds(rank):

@@ -28,6 +28,8 @@ from .protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 log = logging.getLogger("mpilock.server")
 
+_STATS, _RELEASE = int(Op.STATS), int(Op.RELEASE)  # enum lookups are slow on the hot path
+
 SWITCH_INTERVAL = float(os.environ.get("MPILOCK_SWITCH_INTERVAL", "0.0005"))
 """GIL switch interval (seconds) the master uses while its server thread runs; 0 leaves it alone.
 
@@ -92,7 +94,7 @@ class Channel:
             buf = bytearray(nbytes)
             self.comm.Recv([buf, MPI.BYTE], rank, TAG_PAYLOAD)
             payload = bytes(buf)
-        if op == Op.STATS:
+        if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
         else:
@@ -100,7 +102,7 @@ class Channel:
                 replies = self.core.handle(rank, op, seq, arg, aux, payload)
             except (ProtocolError, ValueError) as err:
                 log.warning("protocol error from rank %d: %s", rank, err)
-                replies = [] if op == Op.RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
+                replies = [] if op == _RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
             if self.observer is not None:
                 self.observer.observe(time.monotonic(), rank, op, seq, replies)
         for reply in replies:
