@@ -13,6 +13,9 @@ from mpi4py import MPI
 RANKS = [int(n) for n in os.environ.get("MPILOCK_TEST_RANKS", "1 2 3 4").split()]
 """Rank counts every MPI test runs at (``make test-mpi RANKS="..."`` sets them)."""
 
+Span = tuple[int, str, float, float]
+"""(rank, "read" or "write", start, end) of one held lock, from time.monotonic()."""
+
 TIMEOUT = float(os.environ.get("MPILOCK_TEST_TIMEOUT", "60"))
 
 
@@ -37,18 +40,24 @@ class Intervals:
         finally:
             self.spans.append((kind, start, time.monotonic()))
 
-    def gather(self, comm: MPI.Intracomm) -> list[tuple[int, str, float, float]]:
+    def gather(self, comm: MPI.Intracomm) -> list[Span]:
         """Every rank's spans, on every rank, as (rank, kind, start, end)."""
         return [(rank, k, s, e) for rank, spans in enumerate(comm.allgather(self.spans)) for k, s, e in spans]
 
 
-def overlaps(spans: list[tuple[int, str, float, float]]) -> list[tuple[tuple, tuple]]:
-    """Pairs of spans of different ranks that overlap while one of them is a write."""
-    bad = []
-    for i, a in enumerate(spans):
-        for b in spans[i + 1 :]:
-            if a[0] != b[0] and "write" in (a[1], b[1]) and a[2] < b[3] and b[2] < a[3]:
-                bad.append((a, b))
+def overlaps(spans: list[Span]) -> list[tuple[Span, Span]]:
+    """Spans of different ranks that overlap where at least one is a write (sweep line)."""
+    bad: list[tuple[Span, Span]] = []
+    latest_any: dict[int, Span] = {}
+    latest_write: dict[int, Span] = {}
+    for span in sorted(spans, key=lambda s: s[2]):
+        rank, kind, start, _ = span
+        for other in list(latest_write.values()) + (list(latest_any.values()) if kind == "write" else []):
+            if other[0] != rank and start < other[3]:
+                bad.append((other, span))
+        for table in (latest_any, latest_write) if kind == "write" else (latest_any,):
+            if rank not in table or table[rank][3] < span[3]:
+                table[rank] = span
     return bad
 
 

@@ -14,10 +14,9 @@ import sys
 import time
 
 from mpi4py import MPI
+from mpitools import Span, overlaps
 
 import mpilock
-
-Span = tuple[int, str, float, float]
 
 
 class Worker:
@@ -69,22 +68,6 @@ class Worker:
             self.timeouts += 1
 
 
-def violations(spans: list[Span]) -> list[tuple[Span, Span]]:
-    """Spans of different ranks that overlap where at least one is a write (sweep line)."""
-    bad: list[tuple[Span, Span]] = []
-    latest_any: dict[int, Span] = {}
-    latest_write: dict[int, Span] = {}
-    for span in sorted(spans, key=lambda s: s[2]):
-        rank, kind, start, _ = span
-        for other in list(latest_write.values()) + (list(latest_any.values()) if kind == "write" else []):
-            if other[0] != rank and start < other[3]:
-                bad.append((other, span))
-        for table in (latest_any, latest_write) if kind == "write" else (latest_any,):
-            if rank not in table or table[rank][3] < span[3]:
-                table[rank] = span
-    return bad
-
-
 def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0) -> dict[str, float]:
     """Run about ``total_ops`` lock operations over ``comm``; return the figures on every rank."""
     ctrl = mpilock.sync(comm)
@@ -104,7 +87,7 @@ def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0) -> 
         "ops": comm.allreduce(worker.ops),
         "timeouts": comm.allreduce(worker.timeouts),
         "spans": len(spans),
-        "violations": len(violations(spans)),
+        "violations": len(overlaps(spans)),
         "wall": wall,
     }
 

@@ -1,16 +1,16 @@
 """The short version of the randomized stress run (``make stress`` runs the long one)."""
 
 from mpi4py import MPI
-from mpitools import mpi
-from stress import run, violations
+from mpitools import mpi, overlaps
+from stress import run
 
 
 def test_sweep_finds_overlaps():
-    assert violations([(0, "write", 0.0, 2.0), (1, "read", 1.0, 3.0)])
-    assert violations([(0, "read", 0.0, 2.0), (1, "write", 1.0, 3.0)])
-    assert violations([(0, "write", 0.0, 10.0), (2, "read", 1.0, 2.0), (1, "read", 3.0, 4.0)])
-    assert not violations([(0, "read", 0.0, 2.0), (1, "read", 1.0, 3.0), (0, "write", 3.5, 4.0)])
-    assert not violations([(0, "write", 0.0, 2.0), (0, "read", 1.0, 3.0)])  # same rank
+    assert overlaps([(0, "write", 0.0, 2.0), (1, "read", 1.0, 3.0)])
+    assert overlaps([(0, "read", 0.0, 2.0), (1, "write", 1.0, 3.0)])
+    assert overlaps([(0, "write", 0.0, 10.0), (2, "read", 1.0, 2.0), (1, "read", 3.0, 4.0)])
+    assert not overlaps([(0, "read", 0.0, 2.0), (1, "read", 1.0, 3.0), (0, "write", 3.5, 4.0)])
+    assert not overlaps([(0, "write", 0.0, 2.0), (0, "read", 1.0, 3.0)])  # same rank
 
 
 @mpi(min_ranks=2)
