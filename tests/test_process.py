@@ -54,14 +54,16 @@ def test_thread_level_below_multiple_is_explained():
 
 
 CRASHES = {
-    "at_close": """
-        import time, mpilock
+    "at_exit": """
+        import mpilock
+        from mpi4py import MPI
         ctrl = mpilock.sync()
         if ctrl.rank == 1:
-            raise RuntimeError("rank 1 dies")
+            raise RuntimeError("rank 1 dies")  # its atexit close would wait for the others...
         with ctrl.write():
-            time.sleep(0.5)
-        ctrl.close()  # the other ranks would wait here for rank 1 forever
+            pass
+        MPI.COMM_WORLD.barrier()  # ...who wait here for rank 1
+        ctrl.close()
         """,
     "inside_with": """
         import mpilock
@@ -79,7 +81,8 @@ def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_
     script = tmp_path / "crash.py"
     script.write_text(textwrap.dedent(CRASHES[case]))
     # Plain python, not python -m mpi4py: mpilock itself must turn the crash into an abort.
+    # Without it the other ranks wait for rank 1 forever, so ending at all is the proof;
+    # the log line is not checked because hydra may drop the output of a job it kills.
     result = launch.run([*launch.mpiexec(), "-n", "3", sys.executable, str(script)], timeout=60)
     assert result is not None, "the job hung"
-    assert result.returncode != 0
-    assert "aborting the MPI job" in result.stderr
+    assert result.returncode != 0, result.stderr
