@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from array import array
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from mpi4py import MPI
 
 from .errors import MpilockError
+from .server import wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
-from .server.protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .server.protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _REPLIES = {int(r): r for r in Reply}
 """Reply codes to members, a dict lookup: ``Reply(code)`` costs ~0.2 µs."""
@@ -34,8 +34,8 @@ class Link:
         self.comm = comm
         self.master = master
         self._seq = 0
-        self._sends: list[tuple[MPI.Request, Any]] = []
-        self._header = array("q", bytes(8 * HEADER_LEN))
+        self._sends: wire.Pending = []
+        self._header = wire.header_buffer()
         self._recv: MPI.Request | None = None
 
     def send(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, seq: int | None = None) -> int:
@@ -43,12 +43,8 @@ class Link:
         if seq is None:
             self._seq += 1
             seq = self._seq
-        data = payload or b""
-        header = array("q", [op, seq, arg, aux, len(data)])
         self._flush()
-        self._sends.append((self.comm.Isend([header, MPI.INT64_T], self.master, TAG_REQUEST), header))
-        if data:
-            self._sends.append((self.comm.Isend([data, MPI.BYTE], self.master, TAG_PAYLOAD), data))
+        self._sends += wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload)
         return seq
 
     def wait(self, seq: int, accept: frozenset[Reply] | None = None, deadline: float | None = None) -> Answer | None:
@@ -83,12 +79,7 @@ class Link:
 
     def _take(self) -> Answer:
         code, seq, arg, aux, nbytes = self._header.tolist()
-        payload = None
-        if nbytes:
-            buf = bytearray(nbytes)
-            self.comm.Recv([buf, MPI.BYTE], self.master, TAG_PAYLOAD)
-            payload = bytes(buf)
-        return Answer(_REPLIES[code], seq, arg, aux, payload)
+        return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
 
     def _flush(self) -> None:
         if self._sends:

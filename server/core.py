@@ -101,9 +101,7 @@ class LockCore:
     def _on_write(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         self._request(rank, seq, True, bool(arg & _TRY), out)
 
-    def _on_fence_begin(
-        self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]
-    ) -> None:
+    def _on_fence_begin(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         out.extend(self.fences.advance(rank, arg))
         self._request(rank, seq, True, False, out)
 
@@ -114,9 +112,7 @@ class LockCore:
     def _on_fence_end(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
 
-    def _on_fence_wait(
-        self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]
-    ) -> None:
+    def _on_fence_wait(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
         out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
 
     def _on_collect(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:

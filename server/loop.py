@@ -15,16 +15,16 @@ import pickle
 import sys
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from mpi4py import MPI
 
+from . import wire
 from .backoff import Backoff
 from .core import LockCore
 from .events import ProtocolError, Send
-from .protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
 
 log = logging.getLogger("mpilock.server")
 
@@ -63,10 +63,10 @@ class Channel:
         self.observer = observer
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
-        self._header = array("q", bytes(8 * HEADER_LEN))
+        self._header = wire.header_buffer()
         self._status = MPI.Status()
         self._recv = self._post()
-        self._sends: list[tuple[MPI.Request, Any]] = []
+        self._sends: wire.Pending = []
 
     def _post(self) -> MPI.Request:
         return self.comm.Irecv([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
@@ -89,11 +89,7 @@ class Channel:
 
     def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
-        payload = None
-        if nbytes:
-            buf = bytearray(nbytes)
-            self.comm.Recv([buf, MPI.BYTE], rank, TAG_PAYLOAD)
-            payload = bytes(buf)
+        payload = wire.recv_payload(self.comm, rank, nbytes)
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -106,20 +102,15 @@ class Channel:
             if self.observer is not None:
                 self.observer.observe(time.monotonic(), rank, op, seq, replies)
         for reply in replies:
-            self._send(reply)
+            self._sends += wire.isend(
+                self.comm, reply.rank, TAG_REPLY, reply.code, reply.seq, reply.arg, reply.aux, reply.payload
+            )
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in self._sends])
             self._sends.clear()
             self.finished.set()
         else:
             self._recv = self._post()
-
-    def _send(self, reply: Send) -> None:
-        data = reply.payload or b""
-        header = array("q", [reply.code, reply.seq, reply.arg, reply.aux, len(data)])
-        self._sends.append((self.comm.Isend([header, MPI.INT64_T], reply.rank, TAG_REPLY), header))
-        if data:
-            self._sends.append((self.comm.Isend([data, MPI.BYTE], reply.rank, TAG_PAYLOAD), data))
 
 
 def serve(current: Callable[[], list[Channel]], wake: threading.Event | None = None) -> None:
