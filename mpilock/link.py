@@ -36,15 +36,19 @@ class Link:
         self._seq = 0
         self._sends: wire.Pending = []
         self._header = wire.header_buffer()
-        self._recv: MPI.Request | None = None
+        self._recv = comm.Recv_init([self._header, MPI.INT64_T], master, TAG_REPLY)
+        """One persistent receive for the replies, started when a wait needs it."""
+        self._started = False
 
     def send(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, seq: int | None = None) -> int:
         """Send a request without waiting; return its sequence number."""
         if seq is None:
             self._seq += 1
             seq = self._seq
-        self._flush()
-        self._sends += wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload)
+        sends = self._sends
+        wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload, sends)
+        if len(sends) >= wire.REAP_AFTER:
+            self._sends = wire.reap(sends)
         return seq
 
     def wait(self, seq: int, accept: frozenset[Reply] | None = None, deadline: float | None = None) -> Answer | None:
@@ -53,22 +57,27 @@ class Link:
         Replies to other requests (left over from a withdrawn request) are
         dropped.  Returns ``None`` if ``deadline`` (``time.monotonic()``) passes.
         """
-        backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
+        backoff: Backoff | None = None
+        recv = self._recv
         while True:
-            if self._recv is None:
-                self._recv = self.comm.Irecv([self._header, MPI.INT64_T], self.master, TAG_REPLY)
-            if self._recv.Test():
-                self._recv = None
+            if not self._started:
+                recv.Start()
+                self._started = True
+            if recv.Test():
+                self._started = False
                 answer = self._take()
                 if answer.seq == seq and (accept is None or answer.code in accept or answer.code == Reply.ERROR):
                     if answer.code == Reply.ERROR:
                         text = (answer.payload or b"").decode(errors="replace")
                         raise MpilockError(f"lock server rejected the request: {text}")
                     return answer
-                backoff.reset()
+                if backoff is not None:
+                    backoff.reset()
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+            if backoff is None:  # created only when the reply is not there at once
+                backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
             backoff.pause()
 
     def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
@@ -81,11 +90,12 @@ class Link:
         code, seq, arg, aux, nbytes = self._header.tolist()
         return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
 
-    def _flush(self) -> None:
-        if self._sends:
-            self._sends = [(r, b) for r, b in self._sends if not r.Test()]
-
     def finish(self) -> None:
         """Complete every send still in flight (before the communicator is freed)."""
         MPI.Request.Waitall([r for r, _ in self._sends])
         self._sends.clear()
+        if self._started:  # a reply nobody waits for any more (never after a CLOSE reply)
+            self._recv.Cancel()
+            self._recv.Wait()
+            self._started = False
+        self._recv.Free()

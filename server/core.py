@@ -76,7 +76,9 @@ class LockCore:
 
     def is_waiting(self, rank: int) -> bool:
         """Whether ``rank`` has a queued lock request."""
-        return rank in self.waiting_readers or any(r == rank for r, _ in self.waiting_writers)
+        if rank in self.waiting_readers:
+            return True
+        return bool(self.waiting_writers) and any(r == rank for r, _ in self.waiting_writers)
 
     # -- the one entry point -------------------------------------------------
     def handle(

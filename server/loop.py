@@ -63,33 +63,32 @@ class Channel:
         self.observer = observer
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
+        self.done = False
+        """``finished.is_set()`` as a plain attribute, for the service loop."""
         self._header = wire.header_buffer()
         self._status = MPI.Status()
-        self._recv = self._post()
+        self._recv = comm.Recv_init([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
+        """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
+        self._recv.Start()
         self._sends: wire.Pending = []
-
-    def _post(self) -> MPI.Request:
-        return self.comm.Irecv([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
 
     def poll(self) -> bool:
         """Handle at most one arrived request; return whether anything happened.
 
-        One ``Testsome`` covers the receive and every send in flight, so an
-        idle poll releases the GIL once.
+        A busy poll is one ``Test``; the reply sends are completed only by
+        idle polls (or once ``REAP_AFTER`` are in flight), so the hot path
+        costs one MPI call, and an idle poll at most two.
         """
-        statuses: list[MPI.Status] = []
-        done = MPI.Request.Testsome([self._recv] + [r for r, _ in self._sends], statuses)
-        if not done:
-            return False
-        if done[-1] > 0 or len(done) > 1:
-            self._sends = [(r, b) for r, b in self._sends if r != MPI.REQUEST_NULL]
-        if done[0] == 0:
-            self._serve_one(statuses[0].Get_source())
-        return True
+        if self._recv.Test(self._status):
+            self._serve_one(self._status.Get_source())
+            return True
+        if self._sends:
+            self._sends = wire.reap(self._sends)
+        return False
 
     def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
-        payload = wire.recv_payload(self.comm, rank, nbytes)
+        payload = wire.recv_payload(self.comm, rank, nbytes) if nbytes else None
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -101,31 +100,46 @@ class Channel:
                 replies = [] if op == _RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
             if self.observer is not None:
                 self.observer.observe(time.monotonic(), rank, op, seq, replies)
+        sends = self._sends
         for reply in replies:
-            self._sends += wire.isend(
-                self.comm, reply.rank, TAG_REPLY, reply.code, reply.seq, reply.arg, reply.aux, reply.payload
+            wire.isend(
+                self.comm, reply.rank, TAG_REPLY, reply.code, reply.seq, reply.arg, reply.aux, reply.payload, sends
             )
         if self.core.closed:
-            MPI.Request.Waitall([r for r, _ in self._sends])
-            self._sends.clear()
+            MPI.Request.Waitall([r for r, _ in sends])
+            sends.clear()
+            self._recv.Free()
+            self.done = True
             self.finished.set()
-        else:
-            self._recv = self._post()
+            return
+        if len(sends) >= wire.REAP_AFTER:
+            self._sends = wire.reap(sends)
+        self._recv.Start()
 
 
-def serve(current: Callable[[], list[Channel]], wake: threading.Event | None = None) -> None:
-    """Poll the channels ``current()`` returns, in this thread, until it returns none."""
+def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None) -> None:
+    """Poll the channels ``current()`` returns, in this thread, until it returns none.
+
+    ``current()`` is asked again only when a channel has finished or
+    ``changed`` is set (a channel was added), not on every poll.
+    """
     backoff = Backoff()
-    while channels := current():
-        busy = False
+    channels = current()
+    while channels:
+        busy = stale = False
         for channel in channels:
-            busy = channel.poll() or busy
+            if channel.poll():
+                busy = True
+                stale = stale or channel.done
+        if changed is not None and changed.is_set():
+            changed.clear()
+            stale = True
+        if stale:
+            channels = current()
         if busy:
             backoff.reset()
-        else:
-            if wake is not None:
-                wake.clear()
-            backoff.pause(wake)
+        elif not stale:
+            backoff.pause(changed)
 
 
 def serve_until_closed(channel: Channel) -> None:

@@ -17,6 +17,9 @@ from .protocol import HEADER_LEN, TAG_PAYLOAD
 Pending = list[tuple[MPI.Request, Any]]
 """Sends in flight, each with the buffer MPI may still read."""
 
+REAP_AFTER = 16
+"""Complete finished sends once this many are in flight, even on a busy path."""
+
 
 def header_buffer() -> array[int]:
     """Return a buffer to receive one header into."""
@@ -24,15 +27,30 @@ def header_buffer() -> array[int]:
 
 
 def isend(
-    comm: MPI.Intracomm, dest: int, tag: int, code: int, seq: int, arg: int, aux: int, payload: bytes | None
-) -> Pending:
-    """Start sending one message to ``dest``; the header goes on ``tag``."""
-    data = payload or b""
-    header = array("q", [code, seq, arg, aux, len(data)])
-    sends: Pending = [(comm.Isend([header, MPI.INT64_T], dest, tag), header)]
-    if data:
-        sends.append((comm.Isend([data, MPI.BYTE], dest, TAG_PAYLOAD), data))
-    return sends
+    comm: MPI.Intracomm,
+    dest: int,
+    tag: int,
+    code: int,
+    seq: int,
+    arg: int,
+    aux: int,
+    payload: bytes | None,
+    pending: Pending,
+) -> None:
+    """Start sending one message to ``dest`` (the header on ``tag``); add its sends to ``pending``."""
+    nbytes = len(payload) if payload else 0
+    header = array("q", (code, seq, arg, aux, nbytes))
+    pending.append((comm.Isend([header, MPI.INT64_T], dest, tag), header))
+    if payload:
+        pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
+
+
+def reap(pending: Pending) -> Pending:
+    """Return the sends of ``pending`` that are still in flight (one ``Testsome`` for all)."""
+    done = MPI.Request.Testsome([r for r, _ in pending])
+    if not done:
+        return pending
+    return [p for p in pending if p[0] != MPI.REQUEST_NULL]
 
 
 def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int) -> bytes | None:
