@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from mpi4py import MPI
 
 from . import wire
-from .backoff import Backoff
+from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
 from .events import ProtocolError, Send
 from .protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
@@ -117,13 +117,15 @@ class Channel:
         self._recv.Start()
 
 
-def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None) -> None:
+def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:
     """Poll the channels ``current()`` returns, in this thread, until it returns none.
 
     ``current()`` is asked again only when a channel has finished or
-    ``changed`` is set (a channel was added), not on every poll.
+    ``changed`` is set (a channel was added), not on every poll.  A server
+    thread that shares the GIL with an application passes ``contended`` (see
+    :class:`Backoff`); a rank that only serves has nobody to yield to.
     """
-    backoff = Backoff()
+    backoff = Backoff(contended=contended)
     channels = current()
     while channels:
         busy = stale = False
@@ -185,7 +187,7 @@ class ServiceLoop:
 
     def _run(self) -> None:
         try:
-            serve(self._current, self._wake)
+            serve(self._current, self._wake, CONTENDED_SLEEP)
         except BaseException:  # a bug in the server would hang every rank: abort instead
             log.critical("mpilock server thread crashed; aborting the MPI job", exc_info=True)
             MPI.COMM_WORLD.Abort(70)
