@@ -46,6 +46,7 @@ WORLD = MPI.COMM_WORLD
 MASTER = 0
 CLIENT = 1
 TAG_FLOOR = 4242
+TAG_BUSY = 4243
 PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "dedicated", "waiting", "contended")
 
 US = 1e-6
@@ -201,73 +202,111 @@ def phase_idle(repeats: int, seconds: float) -> float:
 
 @dataclass
 class BusyResult:
-    """Grant latencies seen by rank 1 while the master computes, and the loop's slowdowns (medians over rounds)."""
+    """Grant latencies seen by rank 1 while the master computes, and what serving cost the loop (medians)."""
 
     latencies: list[float]
-    rate_none: float
-    rate_idle: float
-    rate_locking: float
-    slowdown_locking: float
-    """``1 - locking/idle`` loop rate: the cost of serving rank 1's locks."""
+    slowdown_serving: float
+    """``1 - locking/idle`` loop rate over adjacent chunks: the cost of serving rank 1's locks."""
     slowdown_idle: float
-    """``1 - idle/none`` loop rate: the cost of an open controller nobody uses."""
+    """``1 - idle/none`` loop rate over adjacent chunks: the cost of an open controller nobody uses."""
+    off_cpu: float
+    """Share of wall time the app thread lost off the CPU (waiting for the GIL) to serving, same pairs."""
     server_cpu: float
     """CPU share of one core used by the server thread while rank 1 locks."""
+    pairs: int
+
+    @property
+    def slowdown(self) -> float:
+        """Total slowdown of the loop while rank 1 locks, against no controller at all."""
+        return 1 - (1 - self.slowdown_serving) * (1 - self.slowdown_idle)
 
 
-def phase_busy(rounds: int, window: float) -> BusyResult:
-    """Master runs a pure-Python loop in three interleaved conditions per round; rank 1 locks in one.
+def _compute_chunk(seconds: float) -> tuple[float, float, float]:
+    """Run :func:`spin_compute` once; return its rate, this thread's CPU share and the other threads'."""
+    cpu, own, wall = time.process_time(), time.thread_time(), time.monotonic()
+    rate = statistics.median(spin_compute(seconds, seconds))
+    wall = time.monotonic() - wall
+    own = time.thread_time() - own
+    return rate, own / wall, (time.process_time() - cpu - own) / wall
 
-    Per round: no controller (``window`` s), controller open but unused
-    (``window`` s), rank 1 taking the write lock with a random 0-4 ms think
-    time (``2 * window`` s).  Each round opens and closes its own controller.
+
+def phase_busy(rounds: int, pairs: int, chunk: float = 0.05) -> BusyResult:
+    """Master runs a pure-Python loop in ``chunk``-second pieces while rank 1 locks in every other piece.
+
+    First the master alone compares chunks with and without an idle
+    controller (on ``COMM_SELF``, ``rounds * pairs`` pairs).  Then, per round,
+    a controller on every rank is opened and ``pairs`` pairs of chunks follow,
+    one with rank 1 taking the write lock (random 0-4 ms think time) and one
+    without, in random order; the master tells rank 1 with a message before
+    each chunk.  Comparing the
+    two chunks of a pair cancels the machine's drift (clock speed, other
+    load: adjacent 50 ms chunks differ by ~2 % with nothing running).  The
+    app thread's CPU share (``thread_time``/wall) tells the time it spent
+    waiting for the GIL, which clock speed does not disturb.
     """
     rank = WORLD.Get_rank()
-    rates: dict[str, list[float]] = {"none": [], "idle": [], "locking": []}
-    slow_locking: list[float] = []
-    slow_idle: list[float] = []
+    serving: list[float] = []
+    off_cpu: list[float] = []
+    idle_vs_none: list[float] = []
     server_cpu: list[float] = []
     latencies: list[float] = []
-    rng = random.Random(1)
+    think = random.Random(1)
+    order = random.Random(2)
+    quiet_barrier(0.005)
+    if rank == MASTER:  # an idle controller costs the same on any communicator: COMM_SELF opens fast
+        for _ in range(rounds * pairs):
+            rates: dict[bool, float] = {}
+            states = [True, False]
+            order.shuffle(states)
+            for open_ in states:
+                alone = sync(MPI.COMM_SELF) if open_ else None
+                rates[open_] = _compute_chunk(chunk)[0]
+                if alone is not None:
+                    alone.close()
+            idle_vs_none.append(1 - rates[True] / rates[False])
     for _ in range(rounds):
-        medians: dict[str, float] = {}
-        ctrl: WindowController | None = None
-        for mode, seconds in (("none", window), ("idle", window), ("locking", 2 * window)):
-            if mode == "idle":
-                ctrl = sync(WORLD, MASTER)
-            quiet_barrier(0.005)
-            if rank == MASTER:
-                cpu, own, wall = time.process_time(), time.thread_time(), time.monotonic()
-                chunks = spin_compute(seconds)
-                if mode == "locking":  # CPU of every thread but this one: the server's
-                    others = (time.process_time() - cpu) - (time.thread_time() - own)
-                    server_cpu.append(others / (time.monotonic() - wall))
-                rates[mode].extend(chunks)
-                medians[mode] = statistics.median(chunks)
-            elif rank == CLIENT and mode == "locking" and ctrl is not None:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
+        quiet_barrier(0.005)
+        ctrl = sync(WORLD, MASTER)
+        quiet_barrier(0.005)
+        if rank == MASTER:
+            for _ in range(pairs):
+                result: dict[bool, tuple[float, float, float]] = {}
+                states = [True, False]
+                order.shuffle(states)
+                for locking in states:
+                    WORLD.send(locking, dest=CLIENT, tag=TAG_BUSY)
+                    result[locking] = _compute_chunk(chunk)
+                serving.append(1 - result[True][0] / result[False][0])
+                off_cpu.append(result[False][1] - result[True][1])
+                server_cpu.append(result[True][2])
+            WORLD.send(None, dest=CLIENT, tag=TAG_BUSY)
+        elif rank == CLIENT:
+            locking = False
+            while True:
+                if WORLD.iprobe(source=MASTER, tag=TAG_BUSY):
+                    message = WORLD.recv(source=MASTER, tag=TAG_BUSY)
+                    if message is None:
+                        break
+                    locking = message
+                elif locking:
                     start = time.perf_counter()
                     with ctrl.write():
                         latencies.append(time.perf_counter() - start)
-                    time.sleep(rng.uniform(0.0, 0.004))
-            quiet_barrier(0.005)
-        if ctrl is not None:
-            ctrl.close()
-        if rank == MASTER:
-            slow_locking.append(1 - medians["locking"] / medians["idle"])
-            slow_idle.append(1 - medians["idle"] / medians["none"])
+                    time.sleep(think.uniform(0.0, 0.004))
+                else:
+                    time.sleep(0.001)
+        quiet_barrier(0.005)
+        ctrl.close()
     latencies = share(latencies if rank == CLIENT else None, CLIENT)
     if rank != MASTER:
-        return BusyResult(latencies, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return BusyResult(latencies, 0.0, 0.0, 0.0, 0.0, 0)
     return BusyResult(
         latencies,
-        statistics.median(rates["none"]),
-        statistics.median(rates["idle"]),
-        statistics.median(rates["locking"]),
-        statistics.median(slow_locking),
-        statistics.median(slow_idle),
+        statistics.median(serving),
+        statistics.median(idle_vs_none),
+        statistics.median(off_cpu),
         statistics.median(server_cpu),
+        len(serving),
     )
 
 
@@ -466,17 +505,20 @@ def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
         add(Row("mpi4py Mutex acquire+release, others napping", mutex["nap"], "us", mutex["nap"] / floor))
 
     if "busy" in wanted:
-        busy = phase_busy(6, 0.25 * scale)
+        busy = phase_busy(6, max(2, int(10 * scale)))
         p50, p99 = percentile(busy.latencies, 50), percentile(busy.latencies, 99)
         note = f"{len(busy.latencies)} grants, master in pure-Python loop"
         add(Row("busy master: grant latency p50, rank 1", p50, "ms", p50 / floor, "≤ 1 ms", p50 <= 1e-3, note))
         add(Row("busy master: grant latency p99, rank 1", p99, "ms", p99 / floor, "≤ 5 ms", p99 <= 5e-3))
-        slow = busy.slowdown_locking
-        note = f"{busy.rate_idle / 1e6:.2f} -> {busy.rate_locking / 1e6:.2f} M it/s"
+        slow = busy.slowdown
+        note = "vs no controller: the two rows below combined"
         add(Row("busy master: loop slowdown while rank 1 locks", slow, "%", None, "≤ 3 %", slow <= 0.03, note))
-        note = f"{busy.rate_none / 1e6:.2f} -> {busy.rate_idle / 1e6:.2f} M it/s"
-        add(Row("busy master: loop slowdown, open idle controller", busy.slowdown_idle, "%", note=note))
-        note = "process minus app-thread CPU; bounds the GIL time taken from the loop"
+        note = f"vs idle controller, median of {busy.pairs} adjacent 50 ms pairs"
+        add(Row("  of which serving rank 1", busy.slowdown_serving, "%", note=note))
+        add(Row("  of which an open idle controller", busy.slowdown_idle, "%", note="vs no controller"))
+        note = "app thread off the CPU (waiting for the GIL), same pairs"
+        add(Row("busy master: GIL time lost to serving", busy.off_cpu, "%", note=note))
+        note = "process minus app-thread CPU"
         add(Row("busy master: server thread CPU while rank 1 locks", busy.server_cpu, "%", note=note))
 
     if "dedicated" in wanted:
