@@ -540,7 +540,7 @@ def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
     ctrl = sync(WORLD, MASTER)
     try:
         if "uncontended" in wanted:
-            unc = phase_uncontended(ctrl, 5, n(400))
+            unc = phase_uncontended(ctrl, 7, n(2000))
             for kind in ("read", "write"):
                 value = unc[kind]
                 add(

@@ -47,11 +47,14 @@ class Recorder:
         if op in _ACQUIRE:
             kind = "read" if op == _READ else "write"
             self._pending[rank] = (now, kind)
-            self._log(now, rank, "request", kind)
-        elif op == _RELEASE and rank in self._held:
-            start, kind = self._held.pop(rank)
-            self.hold_total[rank] += now - start
-            self._log(now, rank, "release", kind)
+            if self.keep_events:
+                self._log(now, rank, "request", kind)
+        elif op == _RELEASE:
+            held = self._held.pop(rank, None)
+            if held is not None:
+                self.hold_total[rank] += now - held[0]
+                if self.keep_events:
+                    self._log(now, rank, "release", held[1])
         elif op == _CANCEL:
             if rank in self._held:
                 start, kind = self._held.pop(rank)
@@ -70,16 +73,25 @@ class Recorder:
                 _, kind = self._pending.pop(rank)
                 self._log(now, rank, "cancel", kind)
         for reply in replies:
-            if reply.code == _GRANTED and reply.rank in self._pending:
-                asked, kind = self._pending.pop(reply.rank)
-                self._held[reply.rank] = (now, kind)
-                self.counts[reply.rank][kind] += 1
-                self.waits[reply.rank].append(now - asked)
-                self.wait_max[reply.rank] = max(self.wait_max[reply.rank], now - asked)
-                self._log(now, reply.rank, "grant", kind)
-            elif reply.code == _DENIED and reply.rank in self._pending:
+            code = reply.code
+            if code == _GRANTED:
+                pending = self._pending.pop(reply.rank, None)
+                if pending is not None:
+                    self._granted(now, reply.rank, pending)
+            elif code == _DENIED and reply.rank in self._pending:
                 _, kind = self._pending.pop(reply.rank)
                 self._log(now, reply.rank, "denied", kind)
+
+    def _granted(self, now: float, rank: int, pending: tuple[float, str]) -> None:
+        asked, kind = pending
+        self._held[rank] = (now, kind)
+        self.counts[rank][kind] += 1
+        wait = now - asked
+        self.waits[rank].append(wait)
+        if wait > self.wait_max[rank]:
+            self.wait_max[rank] = wait
+        if self.keep_events:
+            self._log(now, rank, "grant", kind)
 
     def _log(self, now: float, rank: int, phase: str, kind: str) -> None:
         if self.keep_events:
