@@ -30,8 +30,6 @@ CLIENT_SPIN_SECONDS = float(os.environ.get("MPILOCK_CLIENT_SPIN", "0.002"))
 Longer than the server's spin: a queued writer that is still spinning when the
 lock is handed to it takes it within microseconds, which keeps contended
 hand-offs in the fast regime (tens of µs instead of up to one sleep)."""
-POLL_SECONDS = 20e-6
-"""How long after activity a loop polls without even yielding: a reply is usually that close."""
 SHORTEST_SLEEP = 20e-6
 LONGEST_SLEEP = float(os.environ.get("MPILOCK_MAX_SLEEP", "0.001"))
 """Upper bound on one sleep: the worst extra latency an idle poller adds."""
@@ -61,19 +59,15 @@ class Backoff:
     def reset(self) -> None:
         """Work was done: poll eagerly again (as eagerly as a contended GIL allows)."""
         if self.contended:
-            self._poll_until = self._hot_until = 0.0
+            self._hot_until = 0.0
             self._sleep = self.contended_sleep
         else:
-            now = time.monotonic()
-            self._poll_until = now + POLL_SECONDS
-            self._hot_until = now + self.spin
+            self._hot_until = time.monotonic() + self.spin
             self._sleep = SHORTEST_SLEEP
 
     def pause(self, wake: threading.Event | None = None) -> None:
         """Wait a little before the next poll; skips the sleep if ``wake`` is already set."""
         start = time.monotonic()
-        if start < self._poll_until:
-            return
         if start < self._hot_until:
             os.sched_yield()  # drops the GIL and the CPU for ~1 µs; time.sleep(0) would sleep ~80 µs
             if self.contended_sleep and time.monotonic() - start > OVERRUN:
@@ -90,5 +84,5 @@ class Backoff:
 
     def _enter_contended(self) -> None:
         self.contended = True
-        self._poll_until = self._hot_until = 0.0
+        self._hot_until = 0.0
         self._sleep = max(self._sleep, self.contended_sleep)
