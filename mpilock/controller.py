@@ -105,7 +105,7 @@ class WindowController:
         self._rank = comm.Get_rank()
         self._size = comm.Get_size()
         self._default_writer = writer
-        self._link = Link(private, server)
+        self._link = Link(private, server, self._channel.help if self._channel is not None else None)
         self._mode: str | None = None  # None, "read" or "write": what the server thinks we hold
         self._fences_started = 0
         self._closed = False

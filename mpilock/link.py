@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from mpi4py import MPI
@@ -29,10 +30,15 @@ class Answer(NamedTuple):
 class Link:
     """One rank's connection to the lock server over the private communicator."""
 
-    def __init__(self, comm: MPI.Intracomm, master: int) -> None:
-        """Talk to the server on rank ``master`` of the private ``comm``."""
+    def __init__(self, comm: MPI.Intracomm, master: int, local: Callable[[], bool] | None = None) -> None:
+        """Talk to the server on rank ``master`` of the private ``comm``.
+
+        On the master itself, ``local`` polls its server once (returning
+        whether it handled a request); waits call it between their tests.
+        """
         self.comm = comm
         self.master = master
+        self._local = local
         self._seq = 0
         self._sends: wire.Pending = []
         self._header = wire.header_buffer()
@@ -76,6 +82,8 @@ class Link:
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+            if self._local is not None and self._local():
+                continue  # served a request here (perhaps ours): test again at once
             if backoff is None:  # created only when the reply is not there at once
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
             backoff.pause()

@@ -1,0 +1,55 @@
+"""The service loop's channel in one process: a waiting client on the master serves its own requests."""
+
+from __future__ import annotations
+
+import time
+
+from mpi4py import MPI
+
+from mpilock.link import Link
+from mpilock.server.loop import Channel
+from mpilock.server.protocol import Op, Reply
+
+
+def test_a_waiting_client_serves_its_request_without_a_server_thread():
+    comm = MPI.COMM_SELF.Dup()
+    channel = Channel(comm)  # never added to the service loop: no server thread polls it
+    link = Link(comm, 0, channel.help)
+    try:
+        seq = link.send(Op.WRITE)
+        with channel._lock:  # as if the server thread were polling: help() must not wait for it
+            assert channel.help() is False
+        answer = link.wait(seq, deadline=time.monotonic() + 10)
+        assert answer is not None and answer.code == Reply.GRANTED and answer.seq == seq
+        assert channel.core.writer == (0, seq)
+
+        link.send(Op.RELEASE)
+        answer = link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10)
+        assert answer is not None and answer.code == Reply.CLOSED
+        assert channel.core.writer is None  # the release was served before the close
+        assert channel.done and channel.finished.is_set()
+        assert channel.poll() is False  # a finished channel's receive is freed: polling it is a no-op
+    finally:
+        link.finish()
+        comm.Free()
+
+
+def test_without_help_the_client_only_waits():
+    comm = MPI.COMM_SELF.Dup()
+    channel = Channel(comm)
+    link = Link(comm, 0)  # a rank other than the master: nothing to help with
+    try:
+        seq = link.send(Op.READ)
+        assert link.wait(seq, deadline=time.monotonic() + 0.05) is None  # nobody serves it
+        assert channel.poll() is True  # the server's poll does
+        answer = link.wait(seq, deadline=time.monotonic() + 10)
+        assert answer is not None and answer.code == Reply.GRANTED
+        link.send(Op.RELEASE)
+        seq = link.send(Op.CLOSE)
+        assert link.wait(seq, deadline=0.0) is None  # posts the receive the CLOSED reply needs (MPI self-sends)
+        while not channel.done:
+            channel.poll()
+        assert link.wait(seq, deadline=time.monotonic() + 10) is not None
+    finally:
+        link.finish()
+        comm.Free()
