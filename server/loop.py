@@ -190,13 +190,28 @@ class ServiceLoop:
         """Serve ``channel`` until every rank has closed it."""
         with self._lock:
             self._channels.append(channel)
+            if SWITCH_INTERVAL > 0 and self._saved_interval is None:
+                self._saved_interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
             if self._thread is None:
-                if SWITCH_INTERVAL > 0 and self._saved_interval is None:
-                    self._saved_interval = sys.getswitchinterval()
-                    sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
                 self._thread = threading.Thread(target=self._run, name="mpilock-server", daemon=True)
                 self._thread.start()
         self._wake.set()
+
+    def finished(self) -> None:
+        """Restore the switch interval now if no open channel is left (one has just finished).
+
+        Called by the closing rank, so the interval is back when ``close()``
+        returns, not whenever the server thread next looks.
+        """
+        with self._lock:
+            if all(c.finished.is_set() for c in self._channels):
+                self._restore_interval()
+
+    def _restore_interval(self) -> None:
+        if self._saved_interval is not None:
+            sys.setswitchinterval(self._saved_interval)
+            self._saved_interval = None
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Join the thread if it has no channel left; return whether it is gone."""
@@ -218,9 +233,7 @@ class ServiceLoop:
             self._channels = [c for c in self._channels if not c.finished.is_set()]
             if not self._channels:
                 self._thread = None
-                if self._saved_interval is not None:
-                    sys.setswitchinterval(self._saved_interval)
-                    self._saved_interval = None
+                self._restore_interval()
             return self._channels
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from mpi4py import MPI
@@ -53,3 +54,22 @@ def test_without_help_the_client_only_waits():
     finally:
         link.finish()
         comm.Free()
+
+
+def test_the_master_lowers_the_switch_interval_until_its_last_controller_closes():
+    from mpilock import sync
+    from mpilock.server.loop import SWITCH_INTERVAL
+
+    saved = sys.getswitchinterval()
+    first, second = sync(MPI.COMM_SELF), sync(MPI.COMM_SELF)
+    try:
+        with first.write():  # served by this thread's own wait (help) or the server thread
+            assert sys.getswitchinterval() == min(saved, SWITCH_INTERVAL)
+        first.close()
+        assert sys.getswitchinterval() == min(saved, SWITCH_INTERVAL)  # the second is still open
+        time.sleep(0.05)  # the server thread backs off to 1 ms sleeps; this thread's close serves itself
+        second.close()
+    finally:
+        first.close()
+        second.close()
+    assert sys.getswitchinterval() == saved  # back as soon as close() returns
