@@ -266,7 +266,7 @@ class WindowController:
         _OPEN.pop(self._serial, None)
         if self._channel is not None:
             self._channel.finished.wait()
-            SERVICE.finished()
+            SERVICE.channel_finished()
         if self._recorder is not None and self._trace_path is not None:
             self._recorder.write_chrome_trace(self._trace_path)
         self._link.finish()

@@ -101,9 +101,16 @@ class Channel:
 
         A rank's application thread that waits for its own server's reply
         serves the request itself instead of handing the GIL to the server
-        thread and back (~35 µs per lock on the master, measured).
+        thread and back (~35 µs per lock on the master, measured).  A
+        failure while serving aborts the job, as in the server thread: the
+        channel would be left without a posted receive and every rank would hang.
         """
-        return self.poll(False)
+        try:
+            return self.poll(False)
+        except BaseException:
+            log.critical("mpilock server failed in a waiting client thread; aborting the MPI job", exc_info=True)
+            MPI.COMM_WORLD.Abort(70)
+            raise
 
     def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
@@ -198,7 +205,7 @@ class ServiceLoop:
                 self._thread.start()
         self._wake.set()
 
-    def finished(self) -> None:
+    def channel_finished(self) -> None:
         """Restore the switch interval now if no open channel is left (one has just finished).
 
         Called by the closing rank, so the interval is back when ``close()``

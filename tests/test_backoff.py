@@ -40,12 +40,17 @@ def gil_held_elsewhere(switch_interval: float = 0.005) -> Iterator[None]:
 
 
 def test_spins_after_activity_without_contention():
-    backoff = Backoff(spin=10.0, longest=0.001, contended=0.0005)
-    start = time.monotonic()
-    for _ in range(100):
-        backoff.pause()
-    assert not backoff.contended
-    assert time.monotonic() - start < 0.1  # 100 sched_yields, no sleeps of 20 µs or more each
+    def hundred_pauses() -> tuple[bool, float]:
+        backoff = Backoff(spin=10.0, longest=0.001, contended=0.0005)
+        start = time.monotonic()
+        for _ in range(100):
+            backoff.pause()
+        return backoff.contended, time.monotonic() - start
+
+    # A stray 0.2 ms stall of this process (another VM, an interrupt) reads as contention: best of 3.
+    runs = [hundred_pauses() for _ in range(3)]
+    assert any(not contended for contended, _ in runs)
+    assert min(seconds for _, seconds in runs) < 0.002  # 100 sched_yields, not 100 sleeps of >= 20 µs each
 
 
 def test_gil_held_elsewhere_stops_the_spin_and_raises_the_shortest_sleep():

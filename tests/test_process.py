@@ -86,3 +86,36 @@ def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_
     result = launch.run([*launch.mpiexec(), "-n", "3", sys.executable, str(script)], timeout=60)
     assert result is not None, "the job hung"
     assert result.returncode != 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "silence", "message"),
+    [
+        ("server thread", "loop.Channel.help = lambda self: False", "server thread crashed"),
+        ("waiting client", "loop.serve = lambda *args: time.sleep(3600)", "failed in a waiting client thread"),
+    ],
+)
+def test_a_failure_inside_the_server_aborts_instead_of_hanging(where, silence, message):
+    # The master's own wait serves requests too (Channel.help): a bug there must end the job like one in
+    # the server thread, since the channel's receive would be left unposted and every rank would hang.
+    # `silence` stops the other poller, so the request is served where the test says.
+    result = run(
+        f"""
+        import time
+        import mpilock
+        from mpilock.server import loop
+        from mpilock.server.core import LockCore
+
+        def broken(self, rank, op, seq, arg=0, aux=0, payload=None):
+            raise RuntimeError("bug in the lock core")
+
+        {silence}
+        LockCore.handle = broken
+        ctrl = mpilock.sync()
+        with ctrl.write():
+            print("granted")
+        """
+    )
+    assert result.returncode != 0, where
+    assert "granted" not in result.stdout
+    assert message in result.stderr and "aborting the MPI job" in result.stderr, result.stderr
