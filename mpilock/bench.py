@@ -29,7 +29,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mpi4py import MPI
 from mpi4py.util.sync import Mutex
@@ -50,6 +50,7 @@ TAG_BUSY = 4243
 PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "dedicated", "waiting", "contended")
 
 US = 1e-6
+T = TypeVar("T")
 
 
 @dataclass
@@ -234,6 +235,13 @@ def _compute_chunk(seconds: float) -> tuple[float, float, float]:
     return rate, own / wall, (time.process_time() - cpu - own) / wall
 
 
+def _pair(order: random.Random, measure: Callable[[bool], T]) -> dict[bool, T]:
+    """Run ``measure(True)`` and ``measure(False)`` back to back, in an order drawn from ``order``."""
+    states = [True, False]
+    order.shuffle(states)
+    return {state: measure(state) for state in states}
+
+
 def phase_busy(rounds: int, pairs: int, chunk: float = 0.05) -> BusyResult:
     """Master runs a pure-Python loop in ``chunk``-second pieces while rank 1 locks in every other piece.
 
@@ -259,14 +267,15 @@ def phase_busy(rounds: int, pairs: int, chunk: float = 0.05) -> BusyResult:
     quiet_barrier(0.005)
     if rank == MASTER:  # an idle controller costs the same on any communicator: COMM_SELF opens fast
         for _ in range(rounds * pairs):
-            rates: dict[bool, float] = {}
-            states = [True, False]
-            order.shuffle(states)
-            for open_ in states:
+
+            def idle_chunk(open_: bool) -> float:
                 alone = sync(MPI.COMM_SELF) if open_ else None
-                rates[open_] = _compute_chunk(chunk)[0]
+                rate = _compute_chunk(chunk)[0]
                 if alone is not None:
                     alone.close()
+                return rate
+
+            rates = _pair(order, idle_chunk)
             idle_vs_none.append(1 - rates[True] / rates[False])
     for _ in range(rounds):
         quiet_barrier(0.005)
@@ -274,12 +283,12 @@ def phase_busy(rounds: int, pairs: int, chunk: float = 0.05) -> BusyResult:
         quiet_barrier(0.005)
         if rank == MASTER:
             for _ in range(pairs):
-                result: dict[bool, tuple[float, float, float]] = {}
-                states = [True, False]
-                order.shuffle(states)
-                for locking in states:
+
+                def locking_chunk(locking: bool) -> tuple[float, float, float]:
                     WORLD.send(locking, dest=CLIENT, tag=TAG_BUSY)
-                    result[locking] = _compute_chunk(chunk)
+                    return _compute_chunk(chunk)
+
+                result = _pair(order, locking_chunk)
                 serving.append(1 - result[True][0] / result[False][0])
                 off_cpu.append(result[False][1] - result[True][1])
                 server_cpu.append(result[True][2])

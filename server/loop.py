@@ -63,8 +63,6 @@ class Channel:
         self.observer = observer
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
-        self.done = False
-        """``finished.is_set()`` as a plain attribute, for the service loop."""
         self._header = wire.header_buffer()
         self._status = MPI.Status()
         self._recv = comm.Recv_init([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
@@ -85,7 +83,7 @@ class Channel:
         if not self._lock.acquire(block):
             return False
         try:
-            if self.done:
+            if self.finished.is_set():
                 return False
             if self._recv.Test(self._status):
                 self._serve_one(self._status.Get_source())
@@ -114,7 +112,7 @@ class Channel:
 
     def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
-        payload = wire.recv_payload(self.comm, rank, nbytes) if nbytes else None
+        payload = wire.recv_payload(self.comm, rank, nbytes)
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -135,7 +133,6 @@ class Channel:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
             self._recv.Free()
-            self.done = True
             self.finished.set()
             return
         if len(sends) >= wire.REAP_AFTER:
@@ -158,7 +155,7 @@ def serve(current: Callable[[], list[Channel]], changed: threading.Event | None 
         for channel in channels:
             if channel.poll():
                 busy = True
-            if channel.done:  # possibly finished by a client thread's help()
+            if channel.finished.is_set():  # possibly finished by a client thread's help()
                 stale = True
         if changed is not None and changed.is_set():
             changed.clear()

@@ -28,7 +28,7 @@ def test_a_waiting_client_serves_its_request_without_a_server_thread():
         answer = link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10)
         assert answer is not None and answer.code == Reply.CLOSED
         assert channel.core.writer is None  # the release was served before the close
-        assert channel.done and channel.finished.is_set()
+        assert channel.finished.is_set()
         assert channel.poll() is False  # a finished channel's receive is freed: polling it is a no-op
     finally:
         link.finish()
@@ -48,7 +48,7 @@ def test_without_help_the_client_only_waits():
         link.send(Op.RELEASE)
         seq = link.send(Op.CLOSE)
         assert link.wait(seq, deadline=0.0) is None  # posts the receive the CLOSED reply needs (MPI self-sends)
-        while not channel.done:
+        while not channel.finished.is_set():
             channel.poll()
         assert link.wait(seq, deadline=time.monotonic() + 10) is not None
     finally:
