@@ -99,8 +99,10 @@ class WindowController:
 
     def _attach(self, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, writer: int) -> None:
         """Connect this rank of ``comm`` to the server on rank ``server`` of ``private``."""
-        self._comm = private
-        self._user_comm = comm
+        self._private = private
+        """The private duplicate that carries lock traffic (freed at close)."""
+        self._comm = comm
+        """The user's communicator, as in mpilock 1.x/2.x (code written for them uses ``ctrl._comm``)."""
         self._master = server
         self._rank = comm.Get_rank()
         self._size = comm.Get_size()
@@ -126,7 +128,7 @@ class WindowController:
     @property
     def comm(self) -> MPI.Intracomm:
         """The communicator of the ranks that share the lock (yours, not the private one)."""
-        return self._user_comm
+        return self._comm
 
     @property
     def rank(self) -> int:
@@ -270,7 +272,7 @@ class WindowController:
         if self._recorder is not None and self._trace_path is not None:
             self._recorder.write_chrome_trace(self._trace_path)
         self._link.finish()
-        self._comm.Free()
+        self._private.Free()
 
     def __enter__(self) -> WindowController:
         """Use the controller as a context manager that closes it."""

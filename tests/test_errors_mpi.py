@@ -188,7 +188,7 @@ def test_many_controllers_share_one_thread_and_leave_nothing(mpi_ranks):
     # Independent locks: holding one does not block another.
     with ctrls[0].write(), ctrls[1].write(timeout=10), ctrls[2].read(timeout=10):
         pass
-    comms = [c._comm for c in ctrls]
+    comms = [c._private for c in ctrls]
     for c in ctrls:
         c.close()
     assert SERVICE.wait_stopped(10)
