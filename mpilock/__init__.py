@@ -11,16 +11,31 @@ on a private duplicate of the communicator::
         ...  # only this rank writes now
 """
 
-from .controller import WindowController, sync
+from .controller import Lock, WindowController, sync
 from .dedicated import dedicated
-from .errors import ClosedError, FencedSignal, FenceError, LockTimeout, MpilockError
+from .errors import (
+    ClosedError,
+    ConfigError,
+    DeadlockError,
+    FencedSignal,
+    FenceError,
+    LimitError,
+    LockTimeout,
+    MpilockError,
+)
 from .fence import Fence
+from .table import LockTable
 
 __all__ = [
     "ClosedError",
+    "ConfigError",
+    "DeadlockError",
     "Fence",
     "FenceError",
     "FencedSignal",
+    "LimitError",
+    "Lock",
+    "LockTable",
     "LockTimeout",
     "MpilockError",
     "WindowController",

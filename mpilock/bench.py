@@ -418,9 +418,11 @@ def server_cost(repeats: int, pairs: int) -> float:
     seen = [0]
 
     class Counting(Recorder):
-        def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Any]) -> None:
+        def observe(
+            self, now: float, rank: int, op: int, seq: int, replies: list[Any], keys: tuple[bytes, ...] = (b"",)
+        ) -> None:
             seen[0] += 1
-            super().observe(now, rank, op, seq, replies)
+            super().observe(now, rank, op, seq, replies, keys)
 
     channel = Channel(comm, Counting(1))
     link = Link(comm, 0)

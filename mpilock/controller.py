@@ -1,103 +1,149 @@
-"""``WindowController`` and ``sync()``: the readers-writer lock every rank holds a handle to."""
+"""``WindowController`` and ``sync()``: the locks every rank holds a handle to."""
 
 from __future__ import annotations
 
-import atexit
-import itertools
 import logging
 import os
 import pickle
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 from mpi4py import MPI
 
+from . import lifecycle
+from .checks import check_args, rank_index, timeout_seconds, trace_path
 from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence
-from .link import Answer, Link
-from .nesting import ACQUIRED, LOCAL, PROMOTED
+from .link import Answer, Link, Watcher
+from .nesting import LOCAL, Taken
+from .report import LongWait
+from .server import keys as keyspace
+from .server import wire
+from .server.core import MODES, READ, SLOT, WRITE
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
+from .server.settings import SETTINGS
+from .table import LockTable
 from .trace import Recorder
 
 log = logging.getLogger("mpilock")
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
+_OPS = (Op.READ, Op.WRITE, Op.BOUNDED)
+_OP_MODE = {Op.READ: "read", Op.WRITE: "write", Op.BOUNDED: "slot", Op.FENCE_BEGIN: "write"}
+_TRY, _UPGRADE = int(Flag.TRY), int(Flag.UPGRADE)
+_KEY_FLAGS = int(Flag.MULTI) | int(Flag.KEYS_IN_PAYLOAD)
+_DEFAULT = (keyspace.DEFAULT,)
+_THREAD_TOKEN = (1 << 63) - 1
 
 
-def check_args(comm: Any, master: Any) -> MPI.Intracomm:
-    """Validate ``comm`` and ``master`` identically on every rank (collective)."""
-    if comm is None:
-        comm = MPI.COMM_WORLD
-    if not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
-        raise TypeError(f"comm must be an MPI intracommunicator such as MPI.COMM_WORLD, not {comm!r}")
-    problem = None
-    if isinstance(master, bool) or not isinstance(master, int):
-        problem = ("TypeError", f"master must be an int rank, not {master!r}")
-    elif not 0 <= master < comm.Get_size():
-        problem = ("ValueError", f"master={master} is not a rank of a communicator of size {comm.Get_size()}")
-    level = MPI.Query_thread()
-    if level < MPI.THREAD_MULTIPLE:
-        problem = (
-            "MpilockError",
-            "mpilock needs MPI_THREAD_MULTIPLE but MPI was initialised with a lower thread level; "
-            "do not set mpi4py.rc.thread_level (its default is 'multiple') or set it to 'multiple' "
-            "before importing mpi4py.MPI, and use an MPI library built with thread support",
-        )
-    views = comm.allgather((repr(master), problem))
-    for rank, (_, found) in enumerate(views):
-        if found is not None:
-            kind, text = found
-            error = {"TypeError": TypeError, "ValueError": ValueError}.get(kind, MpilockError)
-            raise error(text if rank == comm.Get_rank() else f"on rank {rank}: {text}")
-    if len({m for m, _ in views}) > 1:
-        raise ValueError(f"ranks disagree on master: {[m for m, _ in views]}")
-    return comm
+def _encode_keys(keys: tuple[Any, ...]) -> tuple[bytes, ...]:
+    """Encode the keys of ``read(*keys)``/``write(*keys)``: none is the default lock, a list is several."""
+    if not keys:
+        return _DEFAULT
+    if len(keys) == 1:
+        key = keys[0]
+        if type(key) is str:
+            return (keyspace.encode(key),)
+        if isinstance(key, (list, set, frozenset)):
+            if not key:
+                raise ValueError(
+                    "an empty list of keys names no lock (read()/write() without a key is the default lock)"
+                )
+            keys = tuple(key)
+    encoded = tuple(keyspace.encode(key) for key in keys)
+    if len(set(encoded)) != len(encoded):
+        names = [keyspace.describe(k) for k in encoded]
+        raise ValueError(f"a key is named twice in one request: {', '.join(names)}")
+    return encoded
+
+
+class Lock:
+    """A lock of a controller, taken for the duration of a ``with`` block.
+
+    Returned by :meth:`WindowController.read`, :meth:`~WindowController.write`
+    and :meth:`~WindowController.bounded`; the keys and the timeout were
+    checked when it was made.
+    """
+
+    __slots__ = ("_ctrl", "_keys", "_limit", "_mode", "_site", "_taken", "_timeout")
+
+    def __init__(
+        self, ctrl: WindowController, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int
+    ) -> None:
+        """Lock ``keys`` of ``ctrl`` in ``mode`` (read, write or slot of a key bounded to ``limit``)."""
+        self._ctrl = ctrl
+        self._keys = keys
+        self._mode = mode
+        self._limit = limit
+        self._timeout = timeout
+        self._site = site
+        self._taken: list[Taken] = []
+
+    def __enter__(self) -> None:
+        """Acquire (or nest inside what this rank already holds)."""
+        self._taken.append(self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Release what the matching ``__enter__`` acquired."""
+        self._ctrl._release(self._taken.pop())
+
+    def __repr__(self) -> str:
+        """Show what is locked."""
+        names = ", ".join(keyspace.describe(k) for k in self._keys)
+        return f"<mpilock {MODES[self._mode]} lock of {names}>"
 
 
 class WindowController:
-    """A readers-writer lock shared by all ranks of a communicator.
+    """Readers-writer locks shared by all ranks of a communicator: a default lock and any number of keys.
 
-    Many ranks may hold :meth:`read` at once; :meth:`write` is exclusive and
-    has priority over later readers.  Lock state lives on a server thread on
-    rank ``master``; every rank talks to it over a private duplicate of
-    ``comm``.  Creating and closing a controller are collective.
+    Many ranks may hold :meth:`read` of a key at once; :meth:`write` is
+    exclusive and has priority over later readers; :meth:`bounded` admits at
+    most ``n`` holders.  Lock state lives on a server thread on rank
+    ``master``; every rank talks to it over a private duplicate of ``comm``.
+    Creating and closing a controller are collective; locking is not.
     """
 
     def __init__(
         self, comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
     ) -> None:
-        """Create the lock on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
+        """Create the locks on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
 
         ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
-        Chrome trace-event JSON file the master writes at close.
+        Chrome trace-event JSON file the master writes at close; it is
+        checked now.  Every rank raises the same error if any rank finds a
+        problem with the arguments.
         """
-        user_comm = check_args(comm, master)
+        user_comm, index = check_args(comm, master, trace)
         private = user_comm.Dup()
         self._channel: Channel | None = None
         self._recorder: Recorder | None = None
         self._trace_path = trace_path(trace)
-        if private.Get_rank() == master:
+        serial = lifecycle.next_serial()  # on every rank, so deadlock reports name controllers alike
+        if private.Get_rank() == index:
             self._recorder = Recorder(private.Get_size(), keep_events=self._trace_path is not None)
-            self._channel = Channel(private, self._recorder)
+            self._channel = Channel(
+                private, self._recorder, graph=SERVICE.graph, name=f"controller #{serial}", lock=SERVICE.poll_lock
+            )
             SERVICE.add(self._channel)
-        self._attach(private, master, user_comm, writer=master)
+        self._attach(private, index, user_comm, writer=index, serial=serial)
 
     @classmethod
     def _client_of(cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm) -> WindowController:
         """Build a controller for the ranks of ``comm``, served by a dedicated rank of ``private``."""
         ctrl = cls.__new__(cls)
         ctrl._channel, ctrl._recorder, ctrl._trace_path = None, None, None
-        ctrl._attach(private, server, comm, writer=0)
+        ctrl._attach(private, server, comm, writer=0, serial=lifecycle.next_serial())
         return ctrl
 
-    def _attach(self, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, writer: int) -> None:
+    def _attach(self, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, writer: int, serial: int) -> None:
         """Connect this rank of ``comm`` to the server on rank ``server`` of ``private``."""
         self._private = private
         """The private duplicate that carries lock traffic (freed at close)."""
@@ -108,11 +154,18 @@ class WindowController:
         self._size = comm.Get_size()
         self._default_writer = writer
         self._link = Link(private, server, self._channel.help if self._channel is not None else None)
-        self._mode: str | None = None  # None, "read" or "write": what the server thinks we hold
+        self._held: dict[bytes, int] = {}
+        """key -> mode: what the server thinks this rank holds."""
+        self._owner: int | None = None
+        """The thread that uses this controller (the first one that locked with it)."""
+        self._sites: dict[tuple[str, int], int] = {}
+        self._asking: tuple[tuple[bytes, int, bytes | None], Op, tuple[bytes, ...], int] | None = None
+        """The request being waited for, for a long-wait report."""
+        self._watch = self._long_wait if SETTINGS.wait_report > 0 else None
         self._fences_started = 0
         self._closed = False
-        self._serial = next(_SERIALS)
-        _OPEN[self._serial] = self
+        self._serial = serial
+        lifecycle.register(serial, self)
 
     # -- properties of the seed API ----------------------------------------------
     @property
@@ -141,33 +194,50 @@ class WindowController:
         return self._size
 
     # -- locks ----------------------------------------------------------------------
-    @contextmanager
-    def read(self, timeout: float | None = None) -> Iterator[None]:
-        """Hold a shared read lock for the ``with`` block.
+    def read(self, *keys: Any, timeout: float | None = None) -> Lock:
+        """Hold the shared read lock of ``keys`` (none: the default lock) for a ``with`` block.
 
-        Waits while a writer holds or waits for the lock.  ``timeout`` (seconds)
-        raises :class:`LockTimeout` after that long, ``timeout=0`` tries once.
-        Inside :meth:`read` or :meth:`write` of the same rank it is local.
+        Waits while a writer holds or waits for any of them; several keys
+        are granted together.  A key is a ``str``, ``bytes``, an integer or a
+        tuple of those; pass several keys, or one list of keys.  ``timeout``
+        (seconds) raises :class:`LockTimeout` after that long, ``timeout=0``
+        tries once.  Inside a lock of this rank that covers it, it is local.
         """
-        how = self._acquire(False, timeout)
-        try:
-            yield
-        finally:
-            self._release(how)
+        self._check_use()
+        return Lock(self, _encode_keys(keys), READ, 0, timeout_seconds(timeout), self._site())
 
-    @contextmanager
-    def write(self, timeout: float | None = None) -> Iterator[None]:
-        """Hold the exclusive write lock for the ``with`` block.
+    def write(self, *keys: Any, timeout: float | None = None) -> Lock:
+        """Hold the exclusive write lock of ``keys`` (none: the default lock) for a ``with`` block.
 
-        Waits for current readers and earlier writers; blocks new readers
-        meanwhile.  ``timeout`` as for :meth:`read`.  Inside :meth:`write` it is
-        local; inside :meth:`read` it promotes (see the README).
+        Waits for current readers and earlier writers of each key, blocking
+        new readers of it meanwhile; several keys are granted together (the
+        deadlock-free way to take several).  ``timeout`` as for :meth:`read`.
+        Inside :meth:`write` of the same key it is local; inside :meth:`read`
+        of it, it promotes (see the README).
         """
-        how = self._acquire(True, timeout)
+        self._check_use()
+        return Lock(self, _encode_keys(keys), WRITE, 0, timeout_seconds(timeout), self._site())
+
+    def bounded(self, key: Any, limit: int, *, timeout: float | None = None) -> Lock:
+        """Hold one of the ``limit`` places of bounded key ``key`` for a ``with`` block (a counting semaphore).
+
+        At most ``limit`` ranks hold the key at once; waiters get in in
+        arrival order.  Every rank must use the same ``limit`` for a key
+        (:class:`LimitError` otherwise).  Bounded keys are apart from
+        read/write keys of the same name.  Nested on the same key it is
+        local.  ``timeout`` as for :meth:`read`.
+        """
+        self._check_use()
+        if isinstance(limit, bool):
+            raise TypeError(f"limit must be an integer >= 1, not {limit!r}")
         try:
-            yield
-        finally:
-            self._release(how)
+            places = int(limit) if isinstance(limit, int) else int(limit.__index__())
+        except (AttributeError, TypeError):
+            raise TypeError(f"limit must be an integer >= 1, not {limit!r}") from None
+        if places < 1:
+            raise ValueError(f"limit must be >= 1, not {places}")
+        encoded = (keyspace.encode_bounded(key),)
+        return Lock(self, encoded, SLOT, places, timeout_seconds(timeout), self._site())
 
     def single_write(self, handle: Any = None, rank: int | None = None) -> Fence:
         """Run a block on rank ``rank`` only (default the master) under the write lock; collective.
@@ -177,64 +247,27 @@ class WindowController:
         until the writer's block has finished.  With ``handle=h`` the writer's
         ``as`` target is ``h`` and everyone else's is ``None``.
         """
-        self._check_open()
-        writer = self._default_writer if rank is None else rank
-        if isinstance(writer, bool) or not isinstance(writer, int) or not 0 <= writer < self._size:
-            raise ValueError(f"single_write rank={rank!r} is not a rank of a communicator of size {self._size}")
+        self._check_use()
+        writer = self._default_writer if rank is None else rank_index(rank, self._size, "single_write rank")
         number = self._fences_started
         self._fences_started += 1
-        return Fence(self, writer, number, _UNSET if handle is None else handle)
+        return Fence(self, writer, number, _UNSET if handle is None else handle, self._site())
 
-    def _acquire(self, write: bool, timeout: float | None) -> str:
-        self._check_open()
-        if self._mode == "write" or (self._mode == "read" and not write):
-            return LOCAL
-        if self._mode == "read":  # write inside read: promote
-            self._server_release()
-            try:
-                self._server_acquire(Op.WRITE, 0, timeout)
-            except BaseException:
-                self._server_acquire(Op.READ, 0, None)
-                raise
-            return PROMOTED
-        self._server_acquire(Op.WRITE if write else Op.READ, 0, timeout)
-        return ACQUIRED
+    def locks(self, *keys: Any) -> LockTable:
+        """Return the server's table of the locks in use (of ``keys`` only, if given); not collective.
 
-    def _release(self, how: str) -> None:
-        if self._closed:
-            return  # close() already released it
-        if how == ACQUIRED:
-            self._server_release()
-        elif how == PROMOTED:  # back to the read lock the block started with
-            self._server_release()
-            self._server_acquire(Op.READ, 0, None)
-
-    def _fence_acquire(self, number: int) -> str:
-        self._check_open()
-        if self._mode is None:
-            self._server_acquire(Op.FENCE_BEGIN, number, None)
-            return ACQUIRED
-        return self._acquire(True, None)
-
-    def _server_acquire(self, op: Op, arg: int, timeout: float | None) -> None:
-        flags = Flag.TRY if timeout is not None and timeout <= 0 else 0
-        seq = self._link.send(op, arg | flags if op != Op.FENCE_BEGIN else arg)
-        deadline = None if timeout is None or flags else time.monotonic() + timeout
-        answer = self._link.wait(seq, _GRANT, deadline)
-        if answer is None:  # withdraw; a grant that raced us is handed back by the server
-            self._link.send(Op.CANCEL, seq=seq)
-            self._link.wait(seq, _CANCELLED)
-        if answer is None or answer.code == Reply.DENIED:
-            kind = "write" if op != Op.READ else "read"
-            raise LockTimeout(f"rank {self._rank} gave up waiting for the {kind} lock after {timeout} s")
-        self._mode = "read" if op == Op.READ else "write"
-
-    def _server_release(self) -> None:
-        self._link.send(Op.RELEASE)
-        self._mode = None
+        Per lock: holders with mode, hold time and acquire site; waiters with
+        wait time and site, in arrival order.  ``print()`` it for a table.
+        """
+        if keys:
+            area, flags, payload = wire.key_area(_encode_keys(keys), int(Flag.FILTER))
+        else:
+            area, flags, payload = b"", 0, None
+        answer = self._link_call(Op.LOCKS, flags, payload=payload, area=area)
+        return LockTable(pickle.loads(answer.payload or b""))
 
     def stats(self) -> dict[str, Any]:
-        """Return per-rank lock counts, wait-time percentiles and hold times.
+        """Return per-rank and per-key lock counts, wait-time percentiles and hold times.
 
         Asked from the server, which computes them from what it has seen so
         far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
@@ -243,36 +276,218 @@ class WindowController:
         result: dict[str, Any] = pickle.loads(answer.payload or b"")
         return result
 
-    def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
-        self._check_open()
-        return self._link.call(op, arg, aux, payload)
+    # -- acquiring and releasing -------------------------------------------------------
+    def _acquire(self, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int) -> Taken:
+        self._check_use()
+        held = self._held
+        if len(keys) == 1:
+            have = held.get(keys[0])
+            if have is None:
+                self._request(_OPS[mode], keys, 0, limit, timeout, site)
+                held[keys[0]] = mode
+                return keys, ()
+            if have in (mode, WRITE):
+                return LOCAL
+        need = tuple(k for k in keys if k not in held)
+        promote = tuple(k for k in keys if mode == WRITE and held.get(k) == READ)
+        if not promote:
+            if not need:
+                return LOCAL
+            self._request(_OPS[mode], need, 0, limit, timeout, site)
+            held.update(dict.fromkeys(need, mode))
+            return need, ()
+        return self._promote(need, promote, timeout, site)
 
-    def _check_open(self) -> None:
+    def _promote(self, need: tuple[bytes, ...], promote: tuple[bytes, ...], timeout: float | None, site: int) -> Taken:
+        """Write inside read: upgrade ``promote`` in place if this rank is their only reader, else release and wait.
+
+        ``need`` are further keys of the same request that this rank does not hold.
+        """
+        held = self._held
+        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False):
+            held.update(dict.fromkeys(promote, WRITE))
+            if need:
+                try:
+                    self._request(Op.WRITE, need, 0, 0, timeout, site)
+                except BaseException:
+                    self._send(Op.DOWNGRADE, promote)
+                    held.update(dict.fromkeys(promote, READ))
+                    raise
+                held.update(dict.fromkeys(need, WRITE))
+            return need, promote
+        if timeout == 0.0:  # a try never blocks: the read stays
+            raise LockTimeout(f"rank {self._rank} could not promote its read lock to the write lock at once")
+        self._send(Op.RELEASE, promote)
+        for key in promote:
+            del held[key]
+        try:
+            self._request(Op.WRITE, need + promote, 0, 0, timeout, site)
+        except BaseException:
+            self._request(Op.READ, promote, 0, 0, None, site)  # the outer read lock is held again
+            held.update(dict.fromkeys(promote, READ))
+            raise
+        held.update(dict.fromkeys(need + promote, WRITE))
+        return need, promote
+
+    def _release(self, taken: Taken) -> None:
+        if taken is LOCAL or self._closed:
+            return
+        need, promote = taken
+        held = self._held
+        if need:
+            if len(need) == 1:
+                if held.pop(need[0], None) is not None:
+                    self._send(Op.RELEASE, need)
+            else:
+                mine = tuple(k for k in need if held.pop(k, None) is not None)
+                if mine:
+                    self._send(Op.RELEASE, mine)
+        if promote:  # back to the read lock the outer block holds
+            mine = tuple(k for k in promote if held.get(k) == WRITE)
+            if mine:
+                self._send(Op.DOWNGRADE, mine)
+                held.update(dict.fromkeys(mine, READ))
+
+    def _send(self, op: Op, keys: tuple[bytes, ...]) -> None:
+        area, flags, payload = wire.key_area(keys, 0)
+        self._link.send(op, flags, 0, payload, area=area)
+
+    def _request(
+        self,
+        op: Op,
+        keys: tuple[bytes, ...],
+        flags: int,
+        limit: int,
+        timeout: float | None,
+        site: int,
+        arg: int = 0,
+        fail: bool = True,
+    ) -> bool:
+        """Ask the server for ``keys`` and wait for the grant; if not granted, ``False`` or ``LockTimeout`` (``fail``).
+
+        Any exception that leaves the wait (a timeout, a signal handler's
+        ``KeyboardInterrupt``, ...) withdraws the request first, handing back
+        a grant that raced it.  ``arg`` is the fence number of FENCE_BEGIN.
+        """
+        if timeout == 0.0:
+            flags |= _TRY
+        request = wire.key_area(keys, flags) if keys is not _DEFAULT else (b"", flags, None)
+        area, flags, payload = request
+        seq = self._link.send(op, flags | arg, limit, payload, area=area, site=site)
+        deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
+        self._asking = (request, op, keys, site)
+        try:
+            answer = self._link.wait(seq, _GRANT, deadline, self._watch)
+        except MpilockError:
+            raise  # the server answered with an error: it kept nothing of the request
+        except BaseException:
+            self._withdraw(seq, request)
+            raise
+        if answer is None:
+            self._withdraw(seq, request)
+        if answer is not None and answer.code == Reply.GRANTED:
+            return True
+        if not fail:
+            return False
+        names = ", ".join(keyspace.describe(k) for k in keys)
+        how = "could not get" if timeout == 0.0 else f"gave up waiting after {timeout} s for"
+        raise LockTimeout(f"rank {self._rank} {how} the {_OP_MODE[op]} lock of {names}")
+
+    def _withdraw(self, seq: int, request: tuple[bytes, int, bytes | None]) -> None:
+        """Cancel request ``seq`` and wait until the server confirmed it (a raced grant is handed back).
+
+        Further exceptions while waiting for the confirmation are swallowed:
+        leaving before it would leave the server's state unknown.
+        """
+        area, flags, payload = request
+        self._link.send(Op.CANCEL, flags & _KEY_FLAGS, 0, payload, seq=seq, area=area)
+        while True:
+            try:
+                self._link.wait(seq, _CANCELLED)
+                return
+            except MpilockError:
+                return
+            except BaseException:
+                log.debug("rank %d: interrupted again while withdrawing request %d", self._rank, seq, exc_info=True)
+
+    def _long_wait(self, start: float) -> Watcher | None:
+        """Make a long-wait report for the request being waited for (``MPILOCK_WAIT_REPORT``)."""
+        if self._asking is None:
+            return None
+        request, op, keys, site = self._asking
+        where = next((_site_text(*w) for w, s in self._sites.items() if s == site), "?") if site else "?"
+        what = f"{_OP_MODE[op]} {', '.join(keyspace.describe(k) for k in keys)} (asked at {where})"
+        return LongWait(self._rank, what, request, start, SETTINGS.wait_report)
+
+    def _fence_acquire(self, number: int, site: int) -> Taken:
+        """Take the default write lock as the writer of fence ``number`` (which also enters the fence)."""
+        self._check_use()
+        if keyspace.DEFAULT not in self._held:
+            self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number)
+            self._held[keyspace.DEFAULT] = WRITE
+            return _DEFAULT, ()
+        return self._acquire(_DEFAULT, WRITE, 0, None, site)
+
+    def _holds_default(self) -> bool:
+        return keyspace.DEFAULT in self._held
+
+    def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, area: bytes = b"") -> Answer:
+        self._check_use()
+        return self._link.call(op, arg, aux, payload, area)
+
+    # -- who may use it ------------------------------------------------------------------
+    def _check_use(self) -> None:
+        """Raise if the controller is closed or used from a second thread; say hello on first use."""
         if self._closed:
             raise ClosedError("this WindowController is closed")
+        ident = threading.get_ident()
+        if ident != self._owner:
+            if self._owner is not None:
+                raise MpilockError(
+                    f"this WindowController (rank {self._rank}) is used by thread {self._owner}, and thread {ident} "
+                    "tried to use it too: a rank's nesting state lives in its controller, so give each thread its "
+                    "own controller (sync() once per thread, collectively)"
+                )
+            self._owner = ident
+            self._link.send(Op.HELLO, MPI.COMM_WORLD.Get_rank(), ident & _THREAD_TOKEN)
+
+    def _site(self, depth: int = 2) -> int:
+        """Id of the ``file:line`` ``depth`` frames up (the ``with`` statement), named to the server once."""
+        if not SETTINGS.sites:
+            return 0
+        frame = sys._getframe(depth)
+        where = (frame.f_code.co_filename, frame.f_lineno)
+        site = self._sites.get(where)
+        if site is None:
+            site = self._sites[where] = len(self._sites) + 1
+            self._link.send(Op.SITE, site, payload=_site_text(*where).encode())
+        return site
 
     # -- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
-        """Release held locks (with a warning) and shut the lock down; collective and idempotent."""
+        """Release held locks (with a warning) and shut the locks down; collective and idempotent."""
         if self._closed:
             return
-        if self._mode is not None:
+        if self._held:
+            names = ", ".join(f"{MODES[m]} {keyspace.describe(k)}" for k, m in self._held.items())
             warnings.warn(
-                f"rank {self._rank} closed a WindowController while holding its {self._mode} lock; released it",
+                f"rank {self._rank} closed a WindowController while holding {names}; released",
                 ResourceWarning,
                 stacklevel=2,
             )
-            self._server_release()
+            self._held.clear()  # the server releases them when this rank closes
         self._link.call(Op.CLOSE)
         self._closed = True
-        _OPEN.pop(self._serial, None)
-        if self._channel is not None:
-            self._channel.finished.wait()
-            SERVICE.channel_finished()
-        if self._recorder is not None and self._trace_path is not None:
-            self._recorder.write_chrome_trace(self._trace_path)
-        self._link.finish()
-        self._private.Free()
+        lifecycle.unregister(self._serial)
+        try:
+            if self._channel is not None:
+                self._channel.finished.wait()
+                SERVICE.channel_finished()
+            if self._recorder is not None and self._trace_path is not None:
+                self._recorder.write_chrome_trace(self._trace_path)
+        finally:
+            self._link.finish()
+            self._private.Free()
 
     def __enter__(self) -> WindowController:
         """Use the controller as a context manager that closes it."""
@@ -296,31 +511,13 @@ class WindowController:
         return f"<WindowController rank={self._rank} master={self._master} size={self._size} {state}>"
 
 
-_OPEN: dict[int, WindowController] = {}
-"""Controllers not yet closed, by creation order (the same on every rank)."""
-_SERIALS = itertools.count()
-
-
-@atexit.register
-def _close_all() -> None:
-    """Close every controller still open, oldest first (runs before MPI_Finalize).
-
-    If the interpreter is exiting because of an uncaught exception, the other
-    ranks are not going to reach ``close()`` with this one: closing would hang
-    the job, so the job is aborted instead (as ``python -m mpi4py`` does).
-    """
-    crashed = getattr(sys, "last_value", None)
-    if crashed is not None and any(c.size > 1 for c in _OPEN.values()):
-        log.critical("uncaught %r with an open WindowController; aborting the MPI job", crashed)
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
-    for serial in sorted(_OPEN):
-        _OPEN[serial].close()
-
-
-def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
-    """Return the trace file asked for by ``trace=`` or else ``MPILOCK_TRACE`` (None: no tracing)."""
-    return trace if trace is not None else os.environ.get("MPILOCK_TRACE") or None
+def _site_text(filename: str, line: int) -> str:
+    """``sim.py:42``: the file relative to the working directory if it is below it, else as it is."""
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:
+        relative = filename
+    return f"{filename if relative.startswith('..') else relative}:{line}"
 
 
 def sync(
@@ -332,3 +529,6 @@ def sync(
     trace file the master writes at close (see :class:`WindowController`).
     """
     return WindowController(comm, master, trace=trace)
+
+
+__all__ = ["Lock", "WindowController", "sync"]

@@ -27,7 +27,8 @@ from typing import cast
 
 from mpi4py import MPI
 
-from .controller import WindowController, check_args, trace_path
+from .checks import check_args, trace_path
+from .controller import WindowController
 from .server.loop import Channel, serve_until_closed
 from .trace import Recorder
 
@@ -43,7 +44,7 @@ def dedicated(
     ``single_write()`` defaults to the first of them.  ``trace`` as for
     :func:`mpilock.sync` (the server rank writes it).
     """
-    user = check_args(comm, server)
+    user, server = check_args(comm, server, trace)
     if user.Get_size() < 2:
         raise ValueError("dedicated() needs at least 2 ranks: one serves, the others lock")
     private = user.Dup()
@@ -53,7 +54,8 @@ def dedicated(
     if is_server:
         path = trace_path(trace)
         recorder = Recorder(private.Get_size(), keep_events=path is not None)
-        channel = Channel(private, recorder, members=[r for r in range(private.Get_size()) if r != server])
+        members = [r for r in range(private.Get_size()) if r != server]
+        channel = Channel(private, recorder, members=members, name="the dedicated controller")
         serve_until_closed(channel)
         if path is not None:
             recorder.write_chrome_trace(path)

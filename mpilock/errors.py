@@ -29,6 +29,23 @@ class ClosedError(MpilockError):
     """A lock call on a controller that has been closed."""
 
 
+class DeadlockError(MpilockError):
+    """The lock server refused a request whose wait would close a cycle of waits.
+
+    The message names every rank and lock of the cycle and where each lock
+    was taken.  The refused call holds nothing new; release what you hold
+    and retry.
+    """
+
+
+class LimitError(MpilockError, ValueError):
+    """``bounded(key, n)`` with an ``n`` that differs from the one the key is in use with."""
+
+
+class ConfigError(MpilockError, ValueError):
+    """An environment variable mpilock reads has a malformed value."""
+
+
 class FencedSignal(Exception):
     """Raised by :meth:`Fence.guard` on every rank except the writer.
 

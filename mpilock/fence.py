@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .errors import FencedSignal, FenceError
-from .nesting import LOCAL, PROMOTED
+from .nesting import LOCAL, Taken
 from .server.protocol import FenceStatus, Op
 
 if TYPE_CHECKING:
@@ -25,9 +25,12 @@ class Fence:
     hand an object to the others, who :meth:`collect` it after the block.
     """
 
-    def __init__(self, controller: WindowController, writer: int, number: int, handle: Any = _UNSET) -> None:
-        """Fence number ``number`` of ``controller``, written by rank ``writer``."""
+    def __init__(
+        self, controller: WindowController, writer: int, number: int, handle: Any = _UNSET, site: int = 0
+    ) -> None:
+        """Fence number ``number`` of ``controller``, written by rank ``writer`` (``site``: where it was made)."""
         self._ctrl = controller
+        self._site = site
         self.writer = writer
         """Rank that runs the block."""
         self.number = number
@@ -35,12 +38,15 @@ class Fence:
         self.access = controller.rank == writer
         """Whether this rank is the writer."""
         self._handle = handle
+        self._used = False
         self._inside = False
         self._ended = False
         self._status = FenceStatus.OK_EMPTY
         self._payload: bytes | None = None
+        self._received: bytes | None = None
+        """The payload as collected, kept until it unpickled (so a failed collect can be retried)."""
         self._shared: Any = _UNSET
-        self._release = LOCAL
+        self._taken: Taken = LOCAL
 
     # -- the user API --------------------------------------------------------
     def guard(self) -> None:
@@ -76,18 +82,32 @@ class Fence:
             return self._shared
         if self._status == FenceStatus.OK_EMPTY:
             return None
-        if self._ctrl._fences_started > self.number + 1:
-            raise FenceError("collect() must be called before the next single_write of the same controller")
-        answer = self._ctrl._link_call(Op.COLLECT, self.number)
-        self._shared = cloudpickle.loads(answer.payload or b"")
+        if self._received is None:
+            if self._ctrl._fences_started > self.number + 1:
+                raise FenceError("collect() must be called before the next single_write of the same controller")
+            answer = self._ctrl._link_call(Op.COLLECT, self.number)
+            self._received = answer.payload or b""
+        try:
+            self._shared = cloudpickle.loads(self._received)
+        except Exception as err:
+            cause = f"{type(err).__name__}: {err}"
+            raise FenceError(
+                f"could not unpickle the object shared by writer rank {self.writer}: {cause}", self.writer, cause
+            ) from err
+        self._received = None
         return self._shared
 
     # -- the with block ------------------------------------------------------
     def __enter__(self) -> Any:
         """Writer: take the write lock. Everyone: return the ``as`` target."""
+        if self._used:  # on every rank alike, before anything reaches the server
+            raise FenceError(
+                f"fence {self.number} was entered already; a fence is used once: call single_write() again"
+            )
+        self._used = True
         if self.access:
-            self._release = self._ctrl._fence_acquire(self.number)
-        elif self._ctrl._mode is not None:
+            self._taken = self._ctrl._fence_acquire(self.number, self._site)
+        elif self._ctrl._holds_default():
             self._ctrl._link.send(Op.FENCE_WAIT, self.number, 1)  # arrive, so the writer is not kept waiting
             raise FenceError(
                 f"rank {self._ctrl.rank} entered single_write while holding a lock; "
@@ -121,13 +141,10 @@ class Fence:
             self._shared = _UNSET
         elif payload is not None:
             self._status = FenceStatus.OK_PAYLOAD
-        ctrl, how = self._ctrl, self._release
+        ctrl = self._ctrl
         seq = ctrl._link.send(Op.FENCE_END, self.number, self._status, payload)
-        if how != LOCAL:  # free the lock before waiting for the other ranks to arrive
-            ctrl._server_release()
+        ctrl._release(self._taken)  # free the lock before waiting for the other ranks to arrive
         self._ended = True
         self._payload = None
         ctrl._link.wait(seq)
-        if how == PROMOTED:
-            ctrl._server_acquire(Op.READ, 0, None)
         return exc is None or isinstance(exc, FencedSignal)

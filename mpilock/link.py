@@ -8,13 +8,20 @@ from typing import NamedTuple
 
 from mpi4py import MPI
 
-from .errors import MpilockError
+from .errors import DeadlockError, LimitError, MpilockError
 from .server import wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
-from .server.protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
+from .server.protocol import HEADER, TAG_REPLY, TAG_REQUEST, Op, Reply
 
+_NO_CODE = bytes(8)
 _REPLIES = {int(r): r for r in Reply}
 """Reply codes to members, a dict lookup: ``Reply(code)`` costs ~0.2 µs."""
+_REFUSALS: dict[Reply, tuple[type[MpilockError], str]] = {
+    Reply.ERROR: (MpilockError, "lock server rejected the request: "),
+    Reply.REFUSED: (LimitError, ""),
+    Reply.DEADLOCK: (DeadlockError, ""),
+}
+"""Replies that end a request with an error: the server kept nothing of it."""
 
 
 class Answer(NamedTuple):
@@ -25,6 +32,21 @@ class Answer(NamedTuple):
     arg: int
     aux: int
     payload: bytes | None
+
+
+class Watcher:
+    """Something that watches a long wait: asks the server now and then and reports (see :mod:`.report`)."""
+
+    due: float
+    """``time.monotonic()`` at which to ask next."""
+
+    def ask(self, link: Link) -> int:
+        """Send a question to the server; return its sequence number."""
+        raise NotImplementedError
+
+    def answered(self, answer: Answer) -> None:
+        """Take the server's answer to the question (and maybe schedule :attr:`due` again)."""
+        raise NotImplementedError
 
 
 class Link:
@@ -41,61 +63,104 @@ class Link:
         self._local = local
         self._seq = 0
         self._sends: wire.Pending = []
-        self._header = wire.header_buffer()
-        self._recv = comm.Recv_init([self._header, MPI.INT64_T], master, TAG_REPLY)
+        self._header = wire.reply_buffer()
+        self._recv = comm.Recv_init([self._header, MPI.BYTE], master, TAG_REPLY)
         """One persistent receive for the replies, started when a wait needs it."""
         self._started = False
 
-    def send(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, seq: int | None = None) -> int:
-        """Send a request without waiting; return its sequence number."""
+    def send(
+        self,
+        op: Op,
+        arg: int = 0,
+        aux: int = 0,
+        payload: bytes | None = None,
+        seq: int | None = None,
+        area: bytes = b"",
+        site: int = 0,
+    ) -> int:
+        """Send a request (with key ``area`` and acquire ``site``) without waiting; return its sequence number."""
         if seq is None:
             self._seq += 1
             seq = self._seq
         sends = self._sends
-        wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload, sends)
+        wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload, sends, area, site)
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
         return seq
 
-    def wait(self, seq: int, accept: frozenset[Reply] | None = None, deadline: float | None = None) -> Answer | None:
+    def wait(
+        self,
+        seq: int,
+        accept: frozenset[Reply] | None = None,
+        deadline: float | None = None,
+        watcher: Callable[[float], Watcher | None] | None = None,
+    ) -> Answer | None:
         """Poll for the reply to ``seq`` (with a code in ``accept``) until ``deadline``.
 
         Replies to other requests (left over from a withdrawn request) are
-        dropped.  Returns ``None`` if ``deadline`` (``time.monotonic()``) passes.
+        dropped.  Returns ``None`` if ``deadline`` (``time.monotonic()``)
+        passes.  An ERROR, REFUSED or DEADLOCK reply raises
+        :class:`MpilockError`, :class:`LimitError` or :class:`DeadlockError`.
+        If the reply is not there at once, ``watcher(start)`` may return a
+        :class:`Watcher` that questions the server while the wait lasts.
+
+        An exception raised while this waits (a signal handler's, say) leaves
+        the link usable: the receive is marked started just before it is
+        started (a Test of a receive that never started reads code 0, which is
+        skipped) and finished just before its reply is read, so at worst one
+        reply is lost, and the caller's cancel recovers a lost grant.
         """
         backoff: Backoff | None = None
+        watch: Watcher | None = None
+        question = -1
         recv = self._recv
         while True:
             if not self._started:
-                recv.Start()
+                self._header[:8] = _NO_CODE  # what a Test reads if an exception skips the Start below
                 self._started = True
+                recv.Start()
             if recv.Test():
                 self._started = False
                 answer = self._take()
-                if answer.seq == seq and (accept is None or answer.code in accept or answer.code == Reply.ERROR):
-                    if answer.code == Reply.ERROR:
-                        text = (answer.payload or b"").decode(errors="replace")
-                        raise MpilockError(f"lock server rejected the request: {text}")
-                    return answer
+                if answer is None:
+                    continue
+                if answer.seq == seq:
+                    refusal = _REFUSALS.get(answer.code)
+                    if refusal is not None:
+                        error, prefix = refusal
+                        raise error(prefix + (answer.payload or b"").decode(errors="replace"))
+                    if accept is None or answer.code in accept:
+                        return answer
+                elif answer.seq == question and watch is not None:
+                    question = -1
+                    watch.answered(answer)
                 if backoff is not None:
                     backoff.reset()
                 continue
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
+            if deadline is not None or watch is not None:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return None
+                if watch is not None and question < 0 and now >= watch.due:
+                    question = watch.ask(self)
             if self._local is not None and self._local():
                 continue  # served a request here (perhaps ours): test again at once
             if backoff is None:  # created only when the reply is not there at once
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
+                if watcher is not None:
+                    watch = watcher(time.monotonic())
             backoff.pause()
 
-    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
+    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, area: bytes = b"") -> Answer:
         """Send a request and wait for its reply."""
-        answer = self.wait(self.send(op, arg, aux, payload))
+        answer = self.wait(self.send(op, arg, aux, payload, area=area))
         assert answer is not None  # no deadline
         return answer
 
-    def _take(self) -> Answer:
-        code, seq, arg, aux, nbytes = self._header.tolist()
+    def _take(self) -> Answer | None:
+        code, seq, arg, aux, nbytes, _ = HEADER.unpack_from(self._header)
+        if not code:
+            return None
         return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
 
     def finish(self) -> None:

@@ -2,8 +2,10 @@
 
 The server thread calls :meth:`Recorder.observe` after every request.  It
 keeps per-rank counters always (cheap, bounded: wait percentiles come from
-each rank's most recent ``WAIT_SAMPLES`` waits) and, when tracing is on, the
-arrival/grant/release times of every lock.
+each rank's most recent ``WAIT_SAMPLES`` waits), per-key totals for at most
+``STATS_KEYS`` named keys (the keys that made ranks wait win a place; the
+rest are merged), and, when tracing is on, the request/grant/release times of
+every lock.
 """
 
 from __future__ import annotations
@@ -13,117 +15,184 @@ import os
 from collections import deque
 from typing import Any
 
+from .server import keys as keyspace
 from .server.events import Send
 from .server.protocol import Op, Reply
 
 # Plain ints for the hot path (the server calls observe() on every request;
 # enum attribute lookups cost ~60 ns each on CPython 3.11).
-_ACQUIRE = frozenset({int(Op.READ), int(Op.WRITE), int(Op.FENCE_BEGIN)})
-_READ, _RELEASE, _CANCEL, _CLOSE = int(Op.READ), int(Op.RELEASE), int(Op.CANCEL), int(Op.CLOSE)
-_GRANTED, _DENIED = int(Reply.GRANTED), int(Reply.DENIED)
+_KIND = {int(Op.READ): "read", int(Op.WRITE): "write", int(Op.FENCE_BEGIN): "write", int(Op.BOUNDED): "slot"}
+_RELEASE, _DOWNGRADE, _CANCEL, _CLOSE = int(Op.RELEASE), int(Op.DOWNGRADE), int(Op.CANCEL), int(Op.CLOSE)
+_GRANTED = int(Reply.GRANTED)
+_ENDED = {int(Reply.DENIED): "denied", int(Reply.REFUSED): "refused", int(Reply.DEADLOCK): "deadlock"}
 
 WAIT_SAMPLES = 10_000
 """Waits kept per rank for the percentiles, so a long run does not grow the master."""
+STATS_KEYS = 1_000
+"""Named keys with totals of their own in :meth:`Recorder.stats`; the others are merged."""
+OTHER_KEYS = "(other keys)"
+_COUNTS = {"read": 0, "write": 1, "slot": 2}
+_DEFAULT = (keyspace.DEFAULT,)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Return the ``q``-th percentile (0-100) of sorted ``values`` by nearest rank (0.0 if empty)."""
+    if not values:
+        return 0.0
+    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[index]
 
 
 class Recorder:
-    """Per-rank lock statistics and (optionally) a full event log."""
+    """Per-rank and per-key lock statistics and (optionally) a full event log."""
 
     def __init__(self, size: int, keep_events: bool = False) -> None:
         """Record for ``size`` ranks; keep every event only if ``keep_events``."""
         self.size = size
         self.keep_events = keep_events
-        self.events: list[tuple[float, int, str, str]] = []
-        """(time, rank, phase, kind) with phase in request/grant/release/cancel/denied."""
-        self._pending: dict[int, tuple[float, str]] = {}
-        self._held: dict[int, tuple[float, str]] = {}
-        self.counts = [{"read": 0, "write": 0} for _ in range(size)]
+        self.events: list[tuple[float, int, str, str, bytes]] = []
+        """(time, rank, phase, kind, key) with phase in request/grant/release/cancel/denied/refused/deadlock."""
+        self._pending: dict[int, tuple[float, str, tuple[bytes, ...]]] = {}
+        self._held: list[dict[bytes, tuple[float, str]]] = [{} for _ in range(size)]
+        self.counts = [[0, 0, 0] for _ in range(size)]
+        """Per rank: grants of read, write and slot."""
         self.waits: list[deque[float]] = [deque(maxlen=WAIT_SAMPLES) for _ in range(size)]
         self.wait_max = [0.0] * size
         self.hold_total = [0.0] * size
+        self.keys: dict[bytes, list[float]] = {}
+        """Per named key: [reads, writes, slots, wait_total, wait_max, hold_total]."""
+        self.other = [0.0] * 6
+        """The same totals for the keys that did not fit in :attr:`keys`."""
 
-    def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Send]) -> None:
-        """Account for one request and the replies it caused."""
-        if op in _ACQUIRE:
-            kind = "read" if op == _READ else "write"
-            self._pending[rank] = (now, kind)
+    # -- recording -------------------------------------------------------------------
+    def observe(
+        self, now: float, rank: int, op: int, seq: int, replies: list[Send], keys: tuple[bytes, ...] = _DEFAULT
+    ) -> None:
+        """Account for one request on ``keys`` (default: the default lock) and the replies it caused."""
+        kind = _KIND.get(op)
+        if kind is not None:
+            self._pending[rank] = (now, kind, keys)
             if self.keep_events:
-                self._log(now, rank, "request", kind)
+                for key in keys:
+                    self.events.append((now, rank, "request", kind, key))
         elif op == _RELEASE:
-            held = self._held.pop(rank, None)
-            if held is not None:
-                self.hold_total[rank] += now - held[0]
-                if self.keep_events:
-                    self._log(now, rank, "release", held[1])
+            for key in keys:
+                self._end_hold(now, rank, key, "release")
+        elif op == _DOWNGRADE:
+            for key in keys:
+                self._end_hold(now, rank, key, "release")
+                self._start_hold(now, rank, key, "read")
+            self._log_all(now, rank, "grant", "read", keys)
         elif op == _CANCEL:
-            if rank in self._held:
-                start, kind = self._held.pop(rank)
-                self.hold_total[rank] += now - start
-            elif rank in self._pending:
-                _, kind = self._pending.pop(rank)
-            else:
-                kind = "read"
-            self._log(now, rank, "cancel", kind)
-        elif op == _CLOSE:  # closing releases a held lock and drops a queued request
-            if rank in self._held:
-                start, kind = self._held.pop(rank)
-                self.hold_total[rank] += now - start
-                self._log(now, rank, "release", kind)
-            elif rank in self._pending:
-                _, kind = self._pending.pop(rank)
-                self._log(now, rank, "cancel", kind)
+            pending = self._pending.pop(rank, None)
+            if pending is not None:
+                self._log_all(now, rank, "cancel", pending[1], pending[2])
+            else:  # a grant that raced the cancel was handed back
+                for key in keys:
+                    self._end_hold(now, rank, key, "release")
+        elif op == _CLOSE:  # closing releases held locks and drops a queued request
+            for key in list(self._held[rank]):
+                self._end_hold(now, rank, key, "release")
+            pending = self._pending.pop(rank, None)
+            if pending is not None:
+                self._log_all(now, rank, "cancel", pending[1], pending[2])
         for reply in replies:
             code = reply.code
             if code == _GRANTED:
                 pending = self._pending.pop(reply.rank, None)
                 if pending is not None:
                     self._granted(now, reply.rank, pending)
-            elif code == _DENIED and reply.rank in self._pending:
-                _, kind = self._pending.pop(reply.rank)
-                self._log(now, reply.rank, "denied", kind)
+            elif code in _ENDED and reply.rank in self._pending:
+                _, kind, keys_ = self._pending.pop(reply.rank)
+                self._log_all(now, reply.rank, _ENDED[code], kind, keys_)
 
-    def _granted(self, now: float, rank: int, pending: tuple[float, str]) -> None:
-        asked, kind = pending
-        self._held[rank] = (now, kind)
-        self.counts[rank][kind] += 1
+    def _granted(self, now: float, rank: int, pending: tuple[float, str, tuple[bytes, ...]]) -> None:
+        asked, kind, keys = pending
+        self.counts[rank][_COUNTS[kind]] += 1
         wait = now - asked
         self.waits[rank].append(wait)
         if wait > self.wait_max[rank]:
             self.wait_max[rank] = wait
+        for key in keys:
+            if key in self._held[rank]:  # an in-place upgrade ends the read it was
+                self._end_hold(now, rank, key, "release")
+            self._start_hold(now, rank, key, kind)
+            if key:
+                totals = self._totals(key)
+                totals[_COUNTS[kind]] += 1
+                totals[3] += wait
+                if wait > totals[4]:
+                    totals[4] = wait
         if self.keep_events:
-            self._log(now, rank, "grant", kind)
+            self._log_all(now, rank, "grant", kind, keys)
 
-    def _log(self, now: float, rank: int, phase: str, kind: str) -> None:
+    def _start_hold(self, now: float, rank: int, key: bytes, kind: str) -> None:
+        self._held[rank][key] = (now, kind)
+
+    def _end_hold(self, now: float, rank: int, key: bytes, phase: str) -> None:
+        held = self._held[rank].pop(key, None)
+        if held is None:
+            return
+        span = now - held[0]
+        self.hold_total[rank] += span
+        if key:
+            self._totals(key)[5] += span
         if self.keep_events:
-            self.events.append((now, rank, phase, kind))
+            self.events.append((now, rank, phase, held[1], key))
 
+    def _totals(self, key: bytes) -> list[float]:
+        totals = self.keys.get(key)
+        if totals is None:
+            if len(self.keys) >= STATS_KEYS:  # make room: keys nobody waited for go first
+                self.keys = {k: t for k, t in self.keys.items() if t[3] > 0}
+            if len(self.keys) >= STATS_KEYS:
+                return self.other
+            totals = self.keys[key] = [0.0] * 6
+        return totals
+
+    def _log_all(self, now: float, rank: int, phase: str, kind: str, keys: tuple[bytes, ...]) -> None:
+        if self.keep_events:
+            for key in keys:
+                self.events.append((now, rank, phase, kind, key))
+
+    # -- reporting ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Per-rank counts, wait percentiles (p50/p90/p99 of the recent waits, seconds), max wait and hold time."""
+        """Per-rank counts, wait percentiles (p50/p90/p99 of the recent waits, seconds), max wait and hold time.
+
+        ``"keys"`` lists the named keys (most total wait first) with their
+        grants, total and longest wait and total hold time; ``"other_keys"``
+        sums the keys that had to be merged to keep the table bounded.
+        """
         ranks = []
         for rank in range(self.size):
             waits = sorted(self.waits[rank])
+            reads, writes, slots = self.counts[rank]
             ranks.append(
                 {
                     "rank": rank,
-                    "reads": self.counts[rank]["read"],
-                    "writes": self.counts[rank]["write"],
-                    "wait_p50": _percentile(waits, 50),
-                    "wait_p90": _percentile(waits, 90),
-                    "wait_p99": _percentile(waits, 99),
+                    "reads": reads,
+                    "writes": writes,
+                    "slots": slots,
+                    "wait_p50": percentile(waits, 50),
+                    "wait_p90": percentile(waits, 90),
+                    "wait_p99": percentile(waits, 99),
                     "wait_max": self.wait_max[rank],
                     "hold_total": self.hold_total[rank],
                 }
             )
-        return {"ranks": ranks}
+        keys = [_key_entry(keyspace.describe(k), t) for k, t in self.keys.items()]
+        keys.sort(key=lambda entry: (-entry["wait_total"], entry["key"]))
+        return {"ranks": ranks, "keys": keys, "other_keys": _key_entry(OTHER_KEYS, self.other)}
 
     def chrome_trace(self) -> dict[str, Any]:
         """Return the event log as a Chrome trace-event document (opens in Perfetto).
 
         One complete (``"ph": "X"``) event per span, on thread ``tid`` = rank:
-        ``"wait read"``/``"wait write"`` from request to grant (or to the
-        cancel, denial or close that ended the wait), then ``"read"``/``"write"``
-        from grant to release.  Times are microseconds since the first event.
-        A span still open when the log ends is dropped.
+        ``"wait read"``/``"wait write"``/``"wait slot"`` from request to grant
+        (or to the cancel, denial or close that ended the wait), then
+        ``"read"``/``"write"``/``"slot"`` from grant to release.  Spans of a
+        named key carry it as ``args.key``.  Times are microseconds since the
+        first event.  A span still open when the log ends is dropped.
         """
         meta: list[dict[str, Any]] = [
             {"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "mpilock lock server"}}
@@ -134,18 +203,22 @@ class Recorder:
             return {"traceEvents": meta, "displayTimeUnit": "ms"}
         origin = self.events[0][0]
         out: list[dict[str, Any]] = []
-        open_spans: dict[int, tuple[float, str, str]] = {}
-        for now, rank, phase, kind in self.events:
+        open_spans: dict[tuple[int, bytes], tuple[float, str, str]] = {}
+        for now, rank, phase, kind, key in self.events:
             us = (now - origin) * 1e6
-            if rank in open_spans:
-                start, name, category = open_spans.pop(rank)
-                out.append(
-                    {"name": name, "cat": category, "ph": "X", "pid": 0, "tid": rank, "ts": start, "dur": us - start}
-                )
+            span = (rank, key)
+            if span in open_spans:
+                start, name, category = open_spans.pop(span)
+                event: dict[str, Any] = {"name": name, "cat": category, "ph": "X", "pid": 0, "tid": rank}
+                event["ts"], event["dur"] = start, us - start
+                if key:
+                    event["args"] = {"key": keyspace.describe(key)}
+                out.append(event)
             if phase == "request":
-                open_spans[rank] = (us, f"wait {kind}", "wait")
+                open_spans[span] = (us, f"wait {kind}", "wait")
             elif phase == "grant":
-                open_spans[rank] = (us, kind, "hold")
+                open_spans[span] = (us, kind, "hold")
+        out.sort(key=lambda e: (e["ts"], e["tid"]))
         return {"traceEvents": out + meta, "displayTimeUnit": "ms"}
 
     def write_chrome_trace(self, path: str | os.PathLike[str]) -> None:
@@ -154,8 +227,14 @@ class Recorder:
             json.dump(self.chrome_trace(), f)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[index]
+def _key_entry(name: str, totals: list[float]) -> dict[str, Any]:
+    reads, writes, slots, wait_total, wait_max, hold_total = totals
+    return {
+        "key": name,
+        "reads": int(reads),
+        "writes": int(writes),
+        "slots": int(slots),
+        "wait_total": wait_total,
+        "wait_max": wait_max,
+        "hold_total": hold_total,
+    }

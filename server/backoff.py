@@ -22,18 +22,20 @@ import os
 import threading
 import time
 
-SPIN_SECONDS = float(os.environ.get("MPILOCK_SPIN", "0.0002"))
+from .settings import SETTINGS
+
+SPIN_SECONDS = SETTINGS.spin
 """How long after activity the server only yields instead of sleeping."""
-CLIENT_SPIN_SECONDS = float(os.environ.get("MPILOCK_CLIENT_SPIN", "0.002"))
+CLIENT_SPIN_SECONDS = SETTINGS.client_spin
 """How long a rank waiting for a reply only yields before it starts sleeping.
 
 Longer than the server's spin: a queued writer that is still spinning when the
 lock is handed to it takes it within microseconds, which keeps contended
 hand-offs in the fast regime (tens of µs instead of up to one sleep)."""
 SHORTEST_SLEEP = 20e-6
-LONGEST_SLEEP = float(os.environ.get("MPILOCK_MAX_SLEEP", "0.001"))
+LONGEST_SLEEP = SETTINGS.max_sleep
 """Upper bound on one sleep: the worst extra latency an idle poller adds."""
-CONTENDED_SLEEP = float(os.environ.get("MPILOCK_CONTENDED_SLEEP", "0.0005"))
+CONTENDED_SLEEP = SETTINGS.contended_sleep
 """Shortest sleep of a server whose pauses overrun (the GIL is busy); 0 disables the rule."""
 OVERRUN = 0.0002
 """A pause this much longer than asked means the GIL (or the CPU) was busy elsewhere."""

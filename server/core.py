@@ -1,46 +1,66 @@
-"""The lock manager core: a pure readers-writer state machine with fences.
+"""The lock manager core: a pure state machine for keyed readers-writer locks, bounded keys and fences.
 
 No MPI here (sans-I/O, in the style of h11): :meth:`LockCore.handle` takes one
 decoded request and returns the replies to send.  The MPI service loop in
-:mod:`mpilock.server.loop` only moves bytes; every rule of DESIGN.md that the
-server enforces lives in this module and in :mod:`mpilock.server.fences`.
+:mod:`mpilock.server.loop` only moves bytes; every lock rule the server
+enforces lives in this module, in :mod:`.fences` and in :mod:`.deadlock`.
 
-Rules implemented here:
+A controller serves any number of locks, named by encoded keys
+(:mod:`.keys`; ``b""`` is the default lock).  Rules, per key:
 
-* any number of readers or exactly one writer, never both;
-* writer priority: while a writer holds or waits, no new reader is granted;
-  writers are served in arrival order; with no writer active or waiting, every
-  waiting reader is granted at once;
-* a cancel withdraws a queued request, or releases a grant that raced it;
-* a rank has at most one lock request outstanding (its nesting is local).
+* any number of readers or exactly one writer, never both; a bounded key
+  admits at most ``limit`` holders (of mode ``slot``);
+* writer priority: while a writer holds or waits for a key, no new reader of
+  that key is granted; writers are served in arrival order; with no writer
+  active or waiting, every waiting reader is granted at once; a bounded key
+  admits its waiters in arrival order;
+* a multi-key request is granted all at once, when every one of its keys
+  would grant it, and waits in the queue of each of them meanwhile;
+* a cancel withdraws a queued request, or hands back a grant that raced it;
+* a rank has at most one request waiting (its nesting is local) and never
+  asks for a key it holds;
+* a request whose wait would close a cycle of waits is refused
+  (:mod:`.deadlock`), leaving the state as if it had never been made.
+
+The state of a key is dropped as soon as nobody holds or waits for it, so the
+server's memory follows the keys in use.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
+from . import keys as keyspace
+from .deadlock import Node, WaitGraph, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
+from .locks import LAST, MODES, READ, SLOT, WRITE, KeyState, Request
 from .protocol import FenceStatus, Flag, Op, Reply
 
-__all__ = ["LockCore", "ProtocolError", "Send"]
+__all__ = ["MODES", "READ", "SLOT", "WRITE", "KeyState", "LockCore", "ProtocolError", "Request", "Send"]
 
-Handler = Callable[[int, int, int, int, "bytes | None", list[Send]], None]
-"""``handler(rank, seq, arg, aux, payload, out)``: apply one request, append replies to ``out``."""
+Handler = Callable[[int, int, int, int, "bytes | None", "tuple[bytes, ...]", int, float, list[Send]], None]
+"""``handler(rank, seq, arg, aux, payload, keys, site, now, out)``: apply one request, append replies to ``out``."""
 
+_DEFAULT_KEYS = (keyspace.DEFAULT,)
 _GRANTED = Reply.GRANTED
-_TRY = int(Flag.TRY)
+_TRY, _UPGRADE, _FILTER = int(Flag.TRY), int(Flag.UPGRADE), int(Flag.FILTER)
 
 
 class LockCore:
-    """State of one controller's lock, fed one request at a time."""
+    """State of one controller's locks, fed one request at a time."""
 
-    def __init__(self, size: int, members: Iterable[int] | None = None) -> None:
+    def __init__(
+        self, size: int, members: Iterable[int] | None = None, graph: WaitGraph | None = None, name: str = ""
+    ) -> None:
         """Create the state for a communicator of ``size`` ranks.
 
-        ``members`` are the ranks that use the lock (default: all).  A
-        dedicated server rank is not a member: it never locks or closes.
+        ``members`` are the ranks that use the lock (default: all); a
+        dedicated server rank is not a member.  Cores that share a ``graph``
+        (every controller served by one process) detect deadlocks across
+        each other.  ``name`` names this controller in deadlock reports.
         """
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
@@ -48,43 +68,81 @@ class LockCore:
         self.members = frozenset(range(size) if members is None else members)
         if not self.members or not self.members <= frozenset(range(size)):
             raise ValueError(f"members must be a non-empty subset of range({size})")
-        self.readers: dict[int, int] = {}
-        """rank -> seq of the granted read request."""
-        self.writer: tuple[int, int] | None = None
-        """(rank, seq) of the granted write request."""
-        self.waiting_writers: deque[tuple[int, int]] = deque()
-        self.waiting_readers: dict[int, int] = {}
+        self.name = name or f"controller {id(self):x}"
+        self.keys: dict[bytes, KeyState] = {keyspace.DEFAULT: KeyState()}
+        """Every key somebody holds or waits for (the default lock always)."""
+        self.waiting: dict[int, Request] = {}
+        """rank -> its queued request."""
+        self.held = [0] * size
+        """Number of keys each rank holds."""
+        self.sites: dict[tuple[int, int], str] = {}
+        """(rank, site id) -> ``file:line`` of an acquire site, as the rank named it."""
+        self.graph = graph if graph is not None else WaitGraph()
+        self.nodes: list[Node] = [(-1 - rank, id(self)) for rank in range(size)]
+        """The thread behind each rank (world rank, thread token) once it said hello."""
+        self.graph.join(self)
         self.fences = FenceBook(size, self.members)
+        self.outbox: list[Send] = []
+        """Replies that another core's request caused here (a deadlock search reordered a queue); sent by the driver."""
         self._closing: dict[int, int] = {}
         self.closed = False
         self._handlers: dict[int, Handler] = {
             Op.READ: self._on_read,
             Op.WRITE: self._on_write,
-            Op.FENCE_BEGIN: self._on_fence_begin,
             Op.RELEASE: self._on_release,
+            Op.BOUNDED: self._on_bounded,
+            Op.DOWNGRADE: self._on_downgrade,
             Op.CANCEL: self._on_cancel,
+            Op.FENCE_BEGIN: self._on_fence_begin,
             Op.FENCE_END: self._on_fence_end,
             Op.FENCE_WAIT: self._on_fence_wait,
             Op.COLLECT: self._on_collect,
+            Op.SITE: self._on_site,
+            Op.HELLO: self._on_hello,
+            Op.LOCKS: self._on_locks,
             Op.CLOSE: self._on_close,
         }
 
     # -- queries -----------------------------------------------------------
-    def holds(self, rank: int) -> bool:
-        """Whether ``rank`` holds the read or the write lock."""
-        return rank in self.readers or (self.writer is not None and self.writer[0] == rank)
+    def state(self, key: bytes = keyspace.DEFAULT) -> KeyState | None:
+        """Return the state of ``key`` (``None`` once nobody holds or waits for it)."""
+        return self.keys.get(key)
+
+    def holds(self, rank: int, key: bytes = keyspace.DEFAULT) -> bool:
+        """Whether ``rank`` holds ``key`` in any mode."""
+        state = self.keys.get(key)
+        return state is not None and state.holds(rank)
 
     def is_waiting(self, rank: int) -> bool:
-        """Whether ``rank`` has a queued lock request."""
-        if rank in self.waiting_readers:
-            return True
-        return bool(self.waiting_writers) and any(r == rank for r, _ in self.waiting_writers)
+        """Whether ``rank`` has a queued request."""
+        return rank in self.waiting
+
+    def lock_count(self) -> int:
+        """Count the keys with holders or waiters (the default lock only when in use)."""
+        return sum(1 for state in self.keys.values() if not state.idle())
+
+    def site(self, rank: int, site: int) -> str:
+        """Return the ``file:line`` that ``rank`` named acquire site ``site`` (``"?"`` if unknown)."""
+        return self.sites.get((rank, site), "?")
 
     # -- the one entry point -------------------------------------------------
     def handle(
-        self, rank: int, op: int, seq: int, arg: int = 0, aux: int = 0, payload: bytes | None = None
+        self,
+        rank: int,
+        op: int,
+        seq: int,
+        arg: int = 0,
+        aux: int = 0,
+        payload: bytes | None = None,
+        keys: tuple[bytes, ...] = _DEFAULT_KEYS,
+        site: int = 0,
+        now: float = 0.0,
     ) -> list[Send]:
-        """Apply request ``op`` from ``rank`` and return the replies to send."""
+        """Apply request ``op`` from ``rank`` on ``keys`` and return the replies to send.
+
+        ``site`` is the request's acquire site id and ``now`` the server's
+        clock (seconds), both only kept for reports.
+        """
         if rank not in self.members:
             raise ProtocolError(f"rank {rank} is not one of the lock's {len(self.members)} member ranks")
         if self.closed:
@@ -93,97 +151,538 @@ class LockCore:
         if handler is None:
             raise ProtocolError(f"unknown op {op} from rank {rank}")
         out: list[Send] = []
-        handler(rank, seq, arg, aux, payload, out)
+        handler(rank, seq, arg, aux, payload, keys, site, now, out)
         return out
 
     # -- one handler per op (a table: enum comparisons are slow on the hot path) ---
-    def _on_read(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
-        self._request(rank, seq, False, bool(arg & _TRY), out)
+    def _on_read(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        self._request(rank, seq, keys, READ, 0, arg, site, now, out)
 
-    def _on_write(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
-        self._request(rank, seq, True, bool(arg & _TRY), out)
+    def _on_write(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        if arg & _UPGRADE:
+            self._upgrade(rank, seq, keys, site, now, out)
+        else:
+            self._request(rank, seq, keys, WRITE, 0, arg, site, now, out)
 
-    def _on_fence_begin(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_bounded(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        if aux < 1 or len(keys) != 1 or not keyspace.is_bounded(keys[0]):
+            raise ProtocolError(f"rank {rank} asked for a bounded key with limit {aux} on {len(keys)} key(s)")
+        self._request(rank, seq, keys, SLOT, aux, arg, site, now, out)
+
+    def _on_release(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        for key in keys:
+            self._release(rank, key)
+        for key in keys:
+            self._schedule(key, out)
+
+    def _on_downgrade(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        for key in keys:
+            state = self.keys.get(key)
+            if state is None or state.writer != rank or state.write_hold is None:
+                raise ProtocolError(
+                    f"rank {rank} downgraded {keyspace.describe(key)}, which it does not hold for write"
+                )
+            self._downgrade(rank, state)
+        for key in keys:
+            self._schedule(key, out)
+
+    def _on_fence_begin(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
         out.extend(self.fences.advance(rank, arg))
-        self._request(rank, seq, True, False, out)
+        self._request(rank, seq, _DEFAULT_KEYS, WRITE, 0, 0, site, now, out)
 
-    def _on_release(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
-        self._release(rank)
-        self._schedule(out)
-
-    def _on_fence_end(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_fence_end(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
         out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
 
-    def _on_fence_wait(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_fence_wait(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
         out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
 
-    def _on_collect(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_collect(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
         out.extend(self.fences.collect(rank, seq, arg))
 
-    # -- lock rules ------------------------------------------------------------
-    def _grantable(self, write: bool) -> bool:
-        if self.writer is not None or self.waiting_writers:
-            return False
-        return not (write and self.readers)
+    def _on_site(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        self.sites[(rank, arg)] = (payload or b"").decode(errors="replace")
 
-    def _request(self, rank: int, seq: int, write: bool, try_only: bool, out: list[Send]) -> None:
-        if self.holds(rank) or self.is_waiting(rank):
-            raise ProtocolError(f"rank {rank} asked for a lock while holding or awaiting one")
-        if self._grantable(write):
-            self._grant(rank, seq, write, out)
-        elif try_only:
+    def _on_hello(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        self.graph.move(self, rank, (arg, aux))
+
+    def _on_locks(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        wanted = keys if arg & _FILTER else None
+        out.append(Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(self.table(now, wanted))))
+
+    # -- acquiring ---------------------------------------------------------------
+    def _request(
+        self,
+        rank: int,
+        seq: int,
+        keys: tuple[bytes, ...],
+        mode: int,
+        limit: int,
+        flags: int,
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        if rank in self.waiting:
+            raise ProtocolError(f"rank {rank} asked for a lock while awaiting one")
+        table = self.keys
+        node = self.nodes[rank]
+        holder = self.held[rank] > 0 or self.graph.holds_anything(node)
+        states: list[KeyState] = []
+        grantable = True
+        for key in keys:
+            state = table.get(key)
+            if state is None:
+                state = KeyState(limit)
+            elif state.holds(rank):
+                raise ProtocolError(f"rank {rank} asked for {keyspace.describe(key)}, which it holds already")
+            elif state.limit != limit:
+                if mode != SLOT or not state.limit:
+                    raise ProtocolError(f"rank {rank} used {keyspace.describe(key)} in two modes")
+                out.append(self._refuse_limit(rank, seq, key, state, limit))
+                return
+            if grantable and (state.writers or not state.free_for(mode)):
+                grantable = False  # a queued request goes first (writer priority, arrival order)
+            states.append(state)
+        if len(keys) > 1 and len(set(keys)) != len(keys):
+            raise ProtocolError(f"rank {rank} named a key twice in one request")
+        if grantable:
+            hold = (seq, site, now, None)
+            for key, state in zip(keys, states, strict=True):
+                table[key] = state
+                if mode == WRITE:
+                    state.writer, state.write_hold = rank, hold
+                else:
+                    state.readers[rank] = hold
+            self.held[rank] += len(keys)
+            out.append(Send(rank, _GRANTED, seq))
+            return
+        if flags & _TRY:
             out.append(Send(rank, Reply.DENIED, seq))
-        elif write:
-            self.waiting_writers.append((rank, seq))
-        else:
-            self.waiting_readers[rank] = seq
+            return
+        request = Request(rank, seq, keys, mode, site, now, LAST if mode == READ else self.graph.next_arrival())
+        for key, state in zip(keys, states, strict=True):
+            table[key] = state
+            state.queue(request)
+        self.waiting[rank] = request
+        # Only a holder can be waited for: only then can this request close a cycle, or wait behind
+        # requests that wait for it; and a new writer may wait for waiting readers that hold locks.
+        if holder or (mode == WRITE and any(self._holds_locks(r) for s in states for r in s.waiting_readers)):
+            cycle = self.graph.order(node)
+            if cycle is not None:
+                text = describe_cycle(cycle)
+                self._unqueue(request)
+                for key in keys:
+                    self._drop_if_idle(key)
+                out.append(Send(rank, Reply.DEADLOCK, seq, payload=text.encode()))
+                return
+            for core, key in self.graph.reordered():  # requests moved ahead may be grantable now
+                cast(LockCore, core)._schedule(key, out if core is self else core.outbox)
 
-    def _grant(self, rank: int, seq: int, write: bool, out: list[Send]) -> None:
-        if write:
-            self.writer = (rank, seq)
-        else:
-            self.readers[rank] = seq
+    def _holds_locks(self, request: Request) -> bool:
+        return self.held[request.rank] > 0 or self.graph.holds_anything(self.nodes[request.rank])
+
+    def reprioritize(self, request: Request, priority: float) -> None:
+        """Give queued ``request`` a new priority (it moves in the queue of every one of its keys)."""
+        states = [self.keys[key] for key in request.keys]
+        for state in states:
+            state.unqueue(request)
+        request.priority = priority
+        for state in states:
+            state.queue(request)
+
+    def _refuse_limit(self, rank: int, seq: int, key: bytes, state: KeyState, limit: int) -> Send:
+        users = sorted(set(state.readers) | {r.rank for r in state.writers})
+        text = (
+            f"{keyspace.describe(key)} admits {state.limit} holder(s) as ranks {users} use it; "
+            f"rank {rank} asked for a limit of {limit} (every rank must use the same limit for a key)"
+        )
+        return Send(rank, Reply.REFUSED, seq, payload=text.encode())
+
+    def _upgrade(self, rank: int, seq: int, keys: tuple[bytes, ...], site: int, now: float, out: list[Send]) -> None:
+        """Turn ``rank``'s read locks of ``keys`` into write locks in place if it is their only holder (a try)."""
+        states = []
+        for key in keys:
+            state = self.keys.get(key)
+            if state is None or rank not in state.readers or state.limit:
+                raise ProtocolError(f"rank {rank} upgraded {keyspace.describe(key)}, which it does not hold for read")
+            states.append(state)
+        if any(len(s.readers) > 1 or s.writers for s in states):
+            out.append(Send(rank, Reply.DENIED, seq))
+            return
+        for state in states:
+            before = state.readers.pop(rank)
+            state.writer, state.write_hold = rank, (seq, site, now, before)
         out.append(Send(rank, _GRANTED, seq))
 
-    def _schedule(self, out: list[Send]) -> None:
-        if self.writer is not None:
-            return
-        if self.waiting_writers:
-            if not self.readers:
-                rank, seq = self.waiting_writers.popleft()
-                self._grant(rank, seq, True, out)
-            return
-        for rank, seq in self.waiting_readers.items():
-            self._grant(rank, seq, False, out)
-        self.waiting_readers.clear()
+    # -- releasing ---------------------------------------------------------------
+    def _release(self, rank: int, key: bytes) -> None:
+        state = self.keys.get(key)
+        if state is not None:
+            if state.writer == rank:
+                state.writer, state.write_hold = -1, None
+                self.held[rank] -= 1
+                return
+            if state.readers.pop(rank, None) is not None:
+                self.held[rank] -= 1
+                return
+        raise ProtocolError(f"rank {rank} released {keyspace.describe(key)}, which it does not hold")
 
-    def _release(self, rank: int) -> None:
-        if self.writer is not None and self.writer[0] == rank:
-            self.writer = None
-        elif rank in self.readers:
-            del self.readers[rank]
-        else:
-            raise ProtocolError(f"rank {rank} released a lock it does not hold")
+    def _downgrade(self, rank: int, state: KeyState) -> None:
+        hold = state.write_hold
+        assert hold is not None
+        state.writer, state.write_hold = -1, None
+        state.readers[rank] = hold[3] if hold[3] is not None else (hold[0], hold[1], hold[2], None)
 
-    def _on_cancel(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
-        if self.waiting_readers.get(rank) == seq:
-            del self.waiting_readers[rank]
-        elif (rank, seq) in self.waiting_writers:
-            self.waiting_writers.remove((rank, seq))
-        elif self.readers.get(rank) == seq or self.writer == (rank, seq):
-            self._release(rank)  # the grant raced the cancel: hand it back
+    def _on_cancel(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        request = self.waiting.get(rank)
+        if request is not None and request.seq == seq:
+            self._unqueue(request)
+            keys = request.keys
+        else:  # the grant raced the cancel: hand it back (an upgrade goes back to the read it was)
+            for key in keys:
+                state = self.keys.get(key)
+                if state is None:
+                    continue
+                hold = state.write_hold if state.writer == rank else state.readers.get(rank)
+                if hold is None or hold[0] != seq:
+                    continue
+                if hold[3] is not None:
+                    self._downgrade(rank, state)
+                else:
+                    self._release(rank, key)
         out.append(Send(rank, Reply.CANCELLED, seq))
-        self._schedule(out)  # a withdrawn writer may unblock readers
+        for key in keys:
+            self._schedule(key, out)  # a withdrawn writer may unblock readers
 
-    def _on_close(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _unqueue(self, request: Request, taken: bytes | None = None) -> None:
+        """Take ``request`` out of every queue (but the waiting readers of ``taken``: the caller did)."""
+        del self.waiting[request.rank]
+        for key in request.keys:
+            self.keys[key].unqueue(request, readers_too=key != taken)
+
+    # -- granting waiters ----------------------------------------------------------
+    def _schedule(self, key: bytes, out: list[Send]) -> None:
+        """Grant whatever waiters of ``key`` can be granted now; drop the key's state if it is idle."""
+        state = self.keys.get(key)
+        if state is None:
+            return
+        writers = state.writers
+        if state.limit:
+            while writers and len(state.readers) < state.limit:
+                self._grant_queued(writers[0], out)
+        elif state.writer < 0:
+            if state.waiting_readers and (state.early or not writers):
+                waiting, state.waiting_readers = state.waiting_readers, []
+                for request in waiting:
+                    if state.ahead_of_writers(request) and (len(request.keys) == 1 or self._at_head(request)):
+                        self._grant_queued(request, out, key)
+                    else:
+                        state.waiting_readers.append(request)
+            if writers and not state.readers and self._at_head(writers[0]):
+                self._grant_queued(writers[0], out)
+        if key and state.idle():
+            del self.keys[key]
+
+    def _at_head(self, request: Request) -> bool:
+        """Whether queued ``request`` can be granted on every one of its keys."""
+        table = self.keys
+        for key in request.keys:
+            state = table[key]
+            if request.mode == READ:
+                if state.writer >= 0 or not state.ahead_of_writers(request):
+                    return False
+            elif state.writer >= 0 or state.readers or state.writers[0] is not request:
+                return False
+        return True
+
+    def _grant_queued(self, request: Request, out: list[Send], taken: bytes | None = None) -> None:
+        """Grant queued ``request`` (already out of the waiting readers of ``taken``)."""
+        self._unqueue(request, taken)
+        rank = request.rank
+        hold = (request.seq, request.site, request.since, None)
+        table = self.keys
+        for key in request.keys:
+            state = table[key]
+            if request.mode == WRITE:
+                state.writer, state.write_hold = rank, hold
+            else:
+                state.readers[rank] = hold
+        self.held[rank] += len(request.keys)
+        out.append(Send(rank, _GRANTED, request.seq))
+
+    def _drop_if_idle(self, key: bytes) -> None:
+        state = self.keys.get(key)
+        if key and state is not None and state.idle():
+            del self.keys[key]
+
+    # -- what blocks whom (for the deadlock detector) ------------------------------
+    def blockers(self, rank: int, hard: bool = False) -> Iterator[tuple[int, bytes, bool]]:
+        """For ``rank``'s queued request: ``(rank it waits for, key, queued)`` per direct wait.
+
+        ``queued`` means the other rank is a request queued ahead (writer
+        priority or arrival order), not a holder.  Only the nearest request
+        ahead is named: it waits in turn for the ones ahead of it, so every
+        wait stays reachable with one edge per queue position.  With ``hard``,
+        only the holders whose locks conflict with the request are named,
+        wherever it is in the queue.
+        """
+        request = self.waiting.get(rank)
+        if request is None:
+            return
+        for key in request.keys:
+            state = self.keys[key]
+            if not hard:
+                ahead = state.ahead(request)
+                if ahead is not None:
+                    yield ahead.rank, key, True
+                    continue
+            if request.mode == READ:
+                if state.writer >= 0:
+                    yield state.writer, key, False
+            elif request.mode == WRITE:
+                if state.writer >= 0:
+                    yield state.writer, key, False
+                yield from ((reader, key, False) for reader in state.readers)
+            elif len(state.readers) >= state.limit:
+                yield from ((holder, key, False) for holder in state.readers)
+
+    def describe_hold(self, rank: int, key: bytes, queued: bool) -> str:
+        """Say what ``rank`` holds of ``key`` (``holds write 'a' (taken at sim.py:42)``), or how it is queued."""
+        if queued:
+            request = self.waiting[rank]
+            return f"is queued ahead for {MODES[request.mode]} {keyspace.describe(key)}"
+        state = self.keys[key]
+        if state.writer == rank and state.write_hold is not None:
+            mode, hold = WRITE, state.write_hold
+        else:
+            mode, hold = (SLOT if state.limit else READ), state.readers[rank]
+        return f"holds {MODES[mode]} {keyspace.describe(key)} (taken at {self.site(rank, hold[1])})"
+
+    def describe_wait(self, rank: int, key: bytes) -> str:
+        """Say what ``rank``'s queued request asks for on ``key``: ``waits for write 'b' (at sim.py:44)``."""
+        request = self.waiting[rank]
+        return f"waits for {MODES[request.mode]} {keyspace.describe(key)} (at {self.site(rank, request.site)})"
+
+    # -- the lock table --------------------------------------------------------------
+    def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
+        """Holders and waiters of ``wanted`` keys (default: every key in use), as plain data.
+
+        One entry per key: ``key`` (its name), ``limit`` (0 for a
+        readers-writer lock), ``holders`` and ``waiters``, each a list of
+        ``{"rank", "mode", "site"}`` with ``"held"`` or ``"waited"`` (seconds
+        so far); waiters come in arrival order, with ``"keys"``: every key of
+        their request.
+        """
+        chosen = self.keys.items() if wanted is None else ((k, self.keys.get(k)) for k in wanted)
+        entries: list[dict[str, object]] = []
+        for key, state in chosen:
+            if state is None or state.idle():
+                continue
+            holders = [
+                {
+                    "rank": r,
+                    "mode": MODES[SLOT if state.limit else READ],
+                    "held": now - h[2],
+                    "site": self.site(r, h[1]),
+                }
+                for r, h in state.readers.items()
+            ]
+            if state.write_hold is not None:
+                hold = state.write_hold
+                holders.insert(
+                    0,
+                    {
+                        "rank": state.writer,
+                        "mode": "write",
+                        "held": now - hold[2],
+                        "site": self.site(state.writer, hold[1]),
+                    },
+                )
+            queued = sorted([*state.writers, *state.waiting_readers], key=lambda r: r.since)
+            waiters = [
+                {
+                    "rank": r.rank,
+                    "mode": MODES[r.mode],
+                    "waited": now - r.since,
+                    "site": self.site(r.rank, r.site),
+                    "keys": [keyspace.describe(k) for k in r.keys],
+                }
+                for r in queued
+            ]
+            entries.append(
+                {"key": keyspace.describe(key), "limit": state.limit, "holders": holders, "waiters": waiters}
+            )
+        return entries
+
+    # -- closing -----------------------------------------------------------------------
+    def _on_close(
+        self,
+        rank: int,
+        seq: int,
+        arg: int,
+        aux: int,
+        payload: bytes | None,
+        keys: tuple[bytes, ...],
+        site: int,
+        now: float,
+        out: list[Send],
+    ) -> None:
         if rank in self._closing:
             raise ProtocolError(f"rank {rank} closed twice")
-        if self.holds(rank):
-            self._release(rank)
-        self.waiting_readers.pop(rank, None)
-        self.waiting_writers = deque((r, s) for r, s in self.waiting_writers if r != rank)
-        self._schedule(out)
+        touched = [key for key, state in self.keys.items() if state.holds(rank)]
+        for key in touched:
+            self._release(rank, key)
+        request = self.waiting.get(rank)
+        if request is not None:
+            self._unqueue(request)
+            touched.extend(request.keys)
+        for key in touched:
+            self._schedule(key, out)
         self._closing[rank] = seq
         if len(self._closing) == len(self.members):
             self.closed = True
+            self.graph.leave(self)
             out.extend(Send(r, Reply.CLOSED, s) for r, s in sorted(self._closing.items()))

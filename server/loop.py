@@ -10,7 +10,6 @@ dedicated server rank runs the same loop in its main thread instead
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import sys
 import threading
@@ -23,14 +22,21 @@ from mpi4py import MPI
 from . import wire
 from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
+from .deadlock import WaitGraph
 from .events import ProtocolError, Send
-from .protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
+from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .settings import SETTINGS
 
 log = logging.getLogger("mpilock.server")
 
-_STATS, _RELEASE = int(Op.STATS), int(Op.RELEASE)  # enum lookups are slow on the hot path
+# enum lookups are slow on the hot path
+_STATS = int(Op.STATS)
+_KEYED = frozenset(int(op) for op in KEYED)
+_NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
+_DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
+_HEADER_SIZE = HEADER.size
 
-SWITCH_INTERVAL = float(os.environ.get("MPILOCK_SWITCH_INTERVAL", "0.0005"))
+SWITCH_INTERVAL = SETTINGS.switch_interval
 """GIL switch interval (seconds) the master uses while its server thread runs; 0 leaves it alone.
 
 A thread waiting for the GIL gets it only after this long if the application
@@ -41,8 +47,10 @@ thread computes in pure Python, so it bounds the grant latency of a busy master.
 class Observer(Protocol):
     """What a channel reports to: the lock statistics and trace recorder."""
 
-    def observe(self, now: float, rank: int, op: int, seq: int, replies: list[Send]) -> None:
-        """Account for one request from ``rank`` and the replies it caused."""
+    def observe(
+        self, now: float, rank: int, op: int, seq: int, replies: list[Send], keys: tuple[bytes, ...] = ...
+    ) -> None:
+        """Account for one request from ``rank`` on ``keys`` and the replies it caused."""
 
     def stats(self) -> dict[str, Any]:
         """Summarise what was observed (sent to clients that ask with ``Op.STATS``)."""
@@ -52,24 +60,35 @@ class Channel:
     """The server side of one controller: its private communicator and core."""
 
     def __init__(
-        self, comm: MPI.Intracomm, observer: Observer | None = None, members: Iterable[int] | None = None
+        self,
+        comm: MPI.Intracomm,
+        observer: Observer | None = None,
+        members: Iterable[int] | None = None,
+        graph: WaitGraph | None = None,
+        name: str = "",
+        lock: threading.Lock | None = None,
     ) -> None:
         """Serve the lock of the controller that owns the private ``comm``.
 
-        ``members`` are the ranks of ``comm`` that use the lock (default all).
+        ``members`` are the ranks of ``comm`` that use the lock (default
+        all); ``graph`` is the wait-for graph shared by every channel of this
+        process, ``name`` names the controller in deadlock reports.  Channels
+        that share a graph must share ``lock``: a deadlock search reads every
+        core of the graph.
         """
         self.comm = comm
-        self.core = LockCore(comm.Get_size(), members)
+        self.core = LockCore(comm.Get_size(), members, graph, name)
         self.observer = observer
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
-        self._header = wire.header_buffer()
+        self._buffer = wire.message_buffer()
+        self._view = memoryview(self._buffer)
         self._status = MPI.Status()
-        self._recv = comm.Recv_init([self._header, MPI.INT64_T], MPI.ANY_SOURCE, TAG_REQUEST)
+        self._recv = comm.Recv_init([self._buffer, MPI.BYTE], MPI.ANY_SOURCE, TAG_REQUEST)
         """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
         self._recv.Start()
         self._sends: wire.Pending = []
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
 
     def poll(self, block: bool = True) -> bool:
@@ -85,6 +104,8 @@ class Channel:
         try:
             if self.finished.is_set():
                 return False
+            if self.core.outbox:
+                self._send_outbox()
             if self._recv.Test(self._status):
                 self._serve_one(self._status.Get_source())
                 return True
@@ -110,20 +131,44 @@ class Channel:
             MPI.COMM_WORLD.Abort(70)
             raise
 
+    def _send_outbox(self) -> None:
+        """Send the replies another channel's request caused here (grants after a queue was reordered)."""
+        replies, self.core.outbox = self.core.outbox, []
+        if self.observer is not None:
+            self.observer.observe(time.monotonic(), -1, 0, 0, replies)
+        for reply in replies:
+            wire.isend(
+                self.comm,
+                reply.rank,
+                TAG_REPLY,
+                reply.code,
+                reply.seq,
+                reply.arg,
+                reply.aux,
+                reply.payload,
+                self._sends,
+            )
+
     def _serve_one(self, rank: int) -> None:
-        op, seq, arg, aux, nbytes = self._header.tolist()
+        op, seq, arg, aux, nbytes, site = HEADER.unpack_from(self._buffer)
+        length = self._status.Get_count(MPI.BYTE)
+        area = bytes(self._view[_HEADER_SIZE:length]) if length > _HEADER_SIZE else b""
         payload = wire.recv_payload(self.comm, rank, nbytes)
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
         else:
+            now = time.monotonic()
+            keys = _DEFAULT_KEYS
             try:
-                replies = self.core.handle(rank, op, seq, arg, aux, payload)
+                if op in _KEYED:
+                    keys = wire.request_keys(arg, area, payload)
+                replies = self.core.handle(rank, op, seq, arg, aux, payload, keys, site, now)
             except (ProtocolError, ValueError) as err:
                 log.warning("protocol error from rank %d: %s", rank, err)
-                replies = [] if op == _RELEASE else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
+                replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
             if self.observer is not None:
-                self.observer.observe(time.monotonic(), rank, op, seq, replies)
+                self.observer.observe(now, rank, op, seq, replies, keys)
         sends = self._sends
         for reply in replies:
             wire.isend(
@@ -173,11 +218,19 @@ def serve_until_closed(channel: Channel) -> None:
     serve(lambda: [] if channel.finished.is_set() else [channel])
 
 
+JOIN_TIMEOUT = 10.0
+"""Seconds ``close()`` waits for the server thread to end once its last channel finished."""
+
+
 class ServiceLoop:
     """The process-wide server thread; started and stopped with its channels."""
 
     def __init__(self) -> None:
         """Create an idle loop; :meth:`add` starts the thread."""
+        self.graph = WaitGraph()
+        """The wait-for graph of every channel this process serves (deadlocks across controllers)."""
+        self.poll_lock = threading.Lock()
+        """Held by whoever polls one of the channels (they share :attr:`graph`)."""
         self._lock = threading.Lock()
         self._channels: list[Channel] = []
         self._thread: threading.Thread | None = None
@@ -203,14 +256,20 @@ class ServiceLoop:
         self._wake.set()
 
     def channel_finished(self) -> None:
-        """Restore the switch interval now if no open channel is left (one has just finished).
+        """If no open channel is left (one has just finished), restore the switch interval and join the thread.
 
-        Called by the closing rank, so the interval is back when ``close()``
-        returns, not whenever the server thread next looks.
+        Called by the closing rank, so that when ``close()`` returns the
+        interval is back and no server thread is left, not whenever the
+        server thread next looks.
         """
         with self._lock:
-            if all(c.finished.is_set() for c in self._channels):
-                self._restore_interval()
+            if not all(c.finished.is_set() for c in self._channels):
+                return
+            self._restore_interval()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
 
     def _restore_interval(self) -> None:
         if self._saved_interval is not None:

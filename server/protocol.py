@@ -1,18 +1,32 @@
-"""Wire protocol of the lock server: every tag, opcode and status lives here.
+"""Wire protocol of the lock server: every tag, opcode, flag and size lives here.
 
-A message is a fixed header of ``HEADER_LEN`` 64-bit integers
-``[code, seq, arg, aux, nbytes]`` (``code`` is an :class:`Op` or a :class:`Reply`).
-When ``nbytes > 0`` a byte message of that length follows from the same sender
-on ``TAG_PAYLOAD`` (cloudpickle bytes or an error text).  Client -> server
-headers travel on ``TAG_REQUEST``, server -> client headers on ``TAG_REPLY``.
+A request is one byte message on ``TAG_REQUEST``: a header of ``HEADER_LEN``
+little-endian int64 words ``[code, seq, arg, aux, nbytes, site]`` followed by
+the *key area* (at most ``KEY_AREA`` bytes; empty for the controller's
+default lock).  A reply is the header alone on ``TAG_REPLY``.  When
+``nbytes > 0`` a byte message of that length follows from the same sender on
+``TAG_PAYLOAD`` (cloudpickle bytes, an error text, or a key area too long to
+travel inline).
+
+The key area of a lock request holds one encoded key (:mod:`.keys`), or with
+:data:`Flag.MULTI` a list of them, each prefixed by its length as two bytes.
 """
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
-HEADER_LEN = 5
-"""Number of int64 words in every header message."""
+HEADER_LEN = 6
+"""Number of int64 words in every header."""
+HEADER = struct.Struct(f"<{HEADER_LEN}q")
+"""Layout of the header: ``code, seq, arg, aux, nbytes, site``."""
+MAX_MESSAGE = 256
+"""Largest request message; the server's receive buffer has this size."""
+KEY_AREA = MAX_MESSAGE - HEADER.size
+"""Largest key area that travels inline; a longer one is sent as the payload (:data:`Flag.KEYS_IN_PAYLOAD`)."""
+KEY_LENGTH = struct.Struct("<H")
+"""Length prefix of each key in a multi-key area."""
 
 TAG_REQUEST = 11
 TAG_REPLY = 12
@@ -23,17 +37,17 @@ class Op(IntEnum):
     """Requests a client sends to the server."""
 
     READ = 1
-    """Acquire the read lock.  ``arg`` is a :class:`Flag` set."""
+    """Acquire the read lock of the key(s).  ``arg`` is a :class:`Flag` set."""
     WRITE = 2
-    """Acquire the write lock.  ``arg`` is a :class:`Flag` set."""
+    """Acquire the write lock of the key(s).  ``arg`` is a :class:`Flag` set."""
     RELEASE = 3
-    """Release whatever this rank holds.  No reply."""
+    """Release what this rank holds of the key(s).  No reply."""
     CANCEL = 4
-    """Withdraw the request numbered ``seq`` (queued or already granted).
+    """Withdraw the request numbered ``seq`` (queued, or already granted) for the key(s).
 
     Replied with CANCELLED carrying the same ``seq``."""
     FENCE_BEGIN = 5
-    """Writer of fence ``arg`` asks for the write lock."""
+    """Writer of fence ``arg`` asks for the default write lock."""
     FENCE_END = 6
     """Writer ends fence ``arg``; ``aux`` is a :class:`FenceStatus`; payload optional.
 
@@ -48,13 +62,35 @@ class Op(IntEnum):
     """This rank closes the controller.  Replied once every rank has closed."""
     STATS = 10
     """Ask for the lock statistics; replied with PAYLOAD carrying a pickled dict."""
+    BOUNDED = 11
+    """Acquire one of the ``aux`` slots of a bounded key.  ``arg`` is a :class:`Flag` set."""
+    DOWNGRADE = 12
+    """Turn this rank's write lock of the key(s) into a read lock, atomically.  No reply."""
+    SITE = 13
+    """Name acquire site ``arg``: the key area is its text (``file:line``).  No reply."""
+    HELLO = 14
+    """Identify the thread behind this rank: ``arg`` its world rank, ``aux`` a thread token.  No reply."""
+    LOCKS = 15
+    """Ask for the lock table; replied with PAYLOAD.  With :data:`Flag.FILTER`, only of the key(s)."""
 
 
 class Flag(IntEnum):
-    """Bits in the ``arg`` word of READ/WRITE requests."""
+    """Bits in the ``arg`` word of READ/WRITE/BOUNDED requests."""
 
     TRY = 1
     """Grant now or answer DENIED; never queue."""
+    UPGRADE = 2
+    """With WRITE and TRY: this rank holds the read lock of the key(s); make it the write lock in place."""
+    MULTI = 4
+    """The key area is a list of keys, all granted at once."""
+    KEYS_IN_PAYLOAD = 8
+    """The key area was too long to travel inline: it is the payload."""
+    FILTER = 16
+    """With LOCKS: only the lock(s) of the key area."""
+
+
+KEYED = frozenset({Op.READ, Op.WRITE, Op.RELEASE, Op.CANCEL, Op.BOUNDED, Op.DOWNGRADE, Op.LOCKS})
+"""Requests whose key area (and MULTI / KEYS_IN_PAYLOAD flags) name keys; the others carry none."""
 
 
 class Reply(IntEnum):
@@ -66,10 +102,14 @@ class Reply(IntEnum):
     FENCE_DONE = 4
     """Fence ``arg`` ended with status ``aux``; error text follows if it FAILED."""
     PAYLOAD = 5
-    """Answer to COLLECT of fence ``arg`` with status ``aux``; the bytes follow."""
+    """Answer to COLLECT of fence ``arg`` with status ``aux`` (or to STATS/LOCKS); the bytes follow."""
     CLOSED = 6
     ERROR = 7
-    """The request was invalid; the error text follows as payload."""
+    """The request broke the protocol (a bug); the error text follows as payload."""
+    REFUSED = 8
+    """The request was valid but cannot be served (e.g. a bounded key's limit disagrees); text follows."""
+    DEADLOCK = 9
+    """Granting the request could never happen: it closes a cycle of waits.  The text names the cycle."""
 
 
 class FenceStatus(IntEnum):

@@ -1,18 +1,19 @@
 """Framing of one message on the private communicator, for both ends.
 
-A message is an int64 header ``[code, seq, arg, aux, nbytes]`` and, when
-``nbytes > 0``, a byte message of that length on ``TAG_PAYLOAD`` from the
-same sender (see :mod:`.protocol`).
+A message is a :data:`~.protocol.HEADER` (``code, seq, arg, aux, nbytes,
+site``) plus, for requests, the key area; when ``nbytes > 0``, a byte message
+of that length follows on ``TAG_PAYLOAD`` from the same sender (see
+:mod:`.protocol`).
 """
 
 from __future__ import annotations
 
-from array import array
 from typing import Any
 
 from mpi4py import MPI
 
-from .protocol import HEADER_LEN, TAG_PAYLOAD
+from . import keys
+from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, Flag
 
 Pending = list[tuple[MPI.Request, Any]]
 """Sends in flight, each with the buffer MPI may still read."""
@@ -20,10 +21,17 @@ Pending = list[tuple[MPI.Request, Any]]
 REAP_AFTER = 16
 """Complete finished sends once this many are in flight, even on a busy path."""
 
+_MULTI, _KEYS_IN_PAYLOAD = int(Flag.MULTI), int(Flag.KEYS_IN_PAYLOAD)
 
-def header_buffer() -> array[int]:
-    """Return a buffer to receive one header into."""
-    return array("q", bytes(8 * HEADER_LEN))
+
+def message_buffer() -> bytearray:
+    """Return a buffer to receive one request (header and key area) into."""
+    return bytearray(MAX_MESSAGE)
+
+
+def reply_buffer() -> bytearray:
+    """Return a buffer to receive one reply header into."""
+    return bytearray(HEADER.size)
 
 
 def isend(
@@ -36,13 +44,41 @@ def isend(
     aux: int,
     payload: bytes | None,
     pending: Pending,
+    area: bytes = b"",
+    site: int = 0,
 ) -> None:
-    """Start sending one message to ``dest`` (the header on ``tag``); add its sends to ``pending``."""
+    """Start sending one message to ``dest`` (the header and ``area`` on ``tag``); add its sends to ``pending``.
+
+    ``area`` must fit :data:`~.protocol.KEY_AREA` (see :func:`key_area`).
+    """
     nbytes = len(payload) if payload else 0
-    header = array("q", (code, seq, arg, aux, nbytes))
-    pending.append((comm.Isend([header, MPI.INT64_T], dest, tag), header))
+    message = HEADER.pack(code, seq, arg, aux, nbytes, site)
+    if area:
+        message += area
+    pending.append((comm.Isend([message, MPI.BYTE], dest, tag), message))
     if payload:
         pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
+
+
+def key_area(encoded: tuple[bytes, ...], flags: int) -> tuple[bytes, int, bytes | None]:
+    """Return ``(area, flags, payload)`` that carry ``encoded`` keys: inline, or as the payload if too long."""
+    if len(encoded) == 1:
+        area = encoded[0]
+    else:
+        area = keys.pack(encoded)
+        flags |= _MULTI
+    if len(area) <= KEY_AREA:
+        return area, flags, None
+    return b"", flags | _KEYS_IN_PAYLOAD, area
+
+
+def request_keys(arg: int, area: bytes, payload: bytes | None) -> tuple[bytes, ...]:
+    """Decode the keys of a request from its flags, key area and payload (inverse of :func:`key_area`)."""
+    if arg & _KEYS_IN_PAYLOAD:
+        area = payload or b""
+    if arg & _MULTI:
+        return keys.unpack(area)
+    return (area,)
 
 
 def reap(pending: Pending) -> Pending:

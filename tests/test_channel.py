@@ -22,12 +22,12 @@ def test_a_waiting_client_serves_its_request_without_a_server_thread():
             assert channel.help() is False
         answer = link.wait(seq, deadline=time.monotonic() + 10)
         assert answer is not None and answer.code == Reply.GRANTED and answer.seq == seq
-        assert channel.core.writer == (0, seq)
+        assert channel.core.holds(0) and channel.core.state().write_hold[0] == seq
 
         link.send(Op.RELEASE)
         answer = link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10)
         assert answer is not None and answer.code == Reply.CLOSED
-        assert channel.core.writer is None  # the release was served before the close
+        assert not channel.core.holds(0)  # the release was served before the close
         assert channel.finished.is_set()
         assert channel.poll() is False  # a finished channel's receive is freed: polling it is a no-op
     finally:
