@@ -52,7 +52,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint,plot,$(MPI)]'
+	$(BIN)/python -m pip install --quiet -e '.[plot,$(MPI)]' --group test --group lint --group dist
+	@# This project was installed as the distribution "mpilock" before it was renamed; that
+	@# name belongs to the RMA-window mpilock on PyPI. Either one would shadow the import name.
+	$(BIN)/python -m pip uninstall --quiet --yes mpilock 2>/dev/null || true
 	touch $@
 
 test: lint test-core test-mpi
@@ -67,7 +70,7 @@ test-mpi: install
 # mpilock.server, so it checks a tree of links laid out as the installed package.
 TYPECHECK := build/typecheck
 lint: install
-	$(BIN)/ruff check mpilock server tests examples
+	$(BIN)/ruff check mpilock server tests examples setup.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
@@ -85,4 +88,4 @@ stress: install
 	MPILOCK_STRESS_OPS=12000 $(MPIEXEC) -n 8 $(BIN)/python -m mpi4py tests/stress.py
 
 clean:
-	rm -rf .venv .venv-openmpi build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-openmpi build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

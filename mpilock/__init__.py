@@ -11,6 +11,7 @@ on a private duplicate of the communicator::
         ...  # only this rank writes now
 """
 
+from ._version import __version__ as __version__
 from .controller import WindowController, sync
 from .dedicated import dedicated
 from .errors import ClosedError, FencedSignal, FenceError, LockTimeout, MpilockError
@@ -27,4 +28,3 @@ __all__ = [
     "dedicated",
     "sync",
 ]
-__version__ = "1.1.0"
