@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections import deque
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from .server.events import Send
@@ -101,15 +103,15 @@ class Recorder:
         """Per-rank counts, wait percentiles (p50/p90/p99 of the recent waits, seconds), max wait and hold time."""
         ranks = []
         for rank in range(self.size):
-            waits = sorted(self.waits[rank])
+            p50, p90, p99 = percentiles(self.waits[rank], (50, 90, 99))
             ranks.append(
                 {
                     "rank": rank,
                     "reads": self.counts[rank]["read"],
                     "writes": self.counts[rank]["write"],
-                    "wait_p50": _percentile(waits, 50),
-                    "wait_p90": _percentile(waits, 90),
-                    "wait_p99": _percentile(waits, 99),
+                    "wait_p50": p50,
+                    "wait_p90": p90,
+                    "wait_p99": p99,
                     "wait_max": self.wait_max[rank],
                     "hold_total": self.hold_total[rank],
                 }
@@ -154,8 +156,26 @@ class Recorder:
             json.dump(self.chrome_trace(), f)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[index]
+def percentiles(samples: Collection[float], qs: Sequence[int]) -> list[float]:
+    """Return the ``q``-th percentiles of ``samples`` for each ``q`` of ``qs`` (integers, 0 to 100).
+
+    Percentile ``q`` lies ``q`` % of the way from the smallest sample to the
+    largest in rank order, interpolated linearly between the two samples
+    around it: :func:`statistics.quantiles` with ``method="inclusive"``
+    (``q=0`` is the minimum, ``50`` the median, ``100`` the maximum).  No
+    samples give ``0.0``.  The samples are sorted once for all of ``qs``.
+    """
+    for q in qs:
+        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 100:
+            raise ValueError(f"percentiles are integers from 0 to 100, not {q!r}")
+    if len(samples) < 2:
+        only = float(next(iter(samples), 0.0))
+        return [only for _ in qs]
+    ordered = sorted(samples)
+    points = [ordered[0], *statistics.quantiles(ordered, n=100, method="inclusive"), ordered[-1]]
+    return [points[q] for q in qs]
+
+
+def percentile(samples: Collection[float], q: int) -> float:
+    """Return the ``q``-th percentile (0 to 100) of ``samples``; see :func:`percentiles`."""
+    return percentiles(samples, (q,))[0]
