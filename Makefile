@@ -67,14 +67,17 @@ test-mpi: install
 	MPILOCK_TEST_RANKS="$(RANKS)" $(BIN)/python -m pytest -m "mpi or mpiexec" $(MPI_PYTEST) $(PYTEST_ARGS)
 
 # mypy cannot follow the editable install's import hook that maps server/ to
-# mpilock.server, so it checks a tree of links laid out as the installed package.
+# mpilock.server, so it checks a tree of links laid out as the installed package,
+# and with it tests/typed_program.py, a user program written against mpilock's
+# types (tests/test_typing.py checks that the mistakes in tests/typed_errors.py fail).
 TYPECHECK := build/typecheck
 lint: install
 	$(BIN)/ruff check mpilock server tests examples setup.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
-	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict -p mpilock
+	ln -s $(CURDIR)/tests/typed_program.py $(TYPECHECK)/
+	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict mpilock typed_program.py
 
 demo: install
 	mkdir -p build

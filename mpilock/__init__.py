@@ -13,7 +13,7 @@ on a private duplicate of the communicator::
 Importing this package does not load MPI: the names that need ``mpi4py``
 (:func:`sync`, :class:`WindowController`, :func:`dedicated`, :class:`Fence`)
 are imported on first use (PEP 562), so :mod:`mpilock.plot`,
-:mod:`mpilock.errors` and :mod:`mpilock.server.core`
+:mod:`mpilock.errors`, :mod:`mpilock.types` and :mod:`mpilock.server.core`
 work on a machine without an MPI library.
 """
 
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 from .errors import ClosedError, FencedSignal, FenceError, LockTimeout, MpilockError
+from .types import RankStats, Stats
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from .controller import WindowController, sync
@@ -37,6 +38,8 @@ __all__ = [
     "FencedSignal",
     "LockTimeout",
     "MpilockError",
+    "RankStats",
+    "Stats",
     "WindowController",
     "dedicated",
     "sync",

@@ -13,22 +13,26 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from mpi4py import MPI
 
 from .errors import ClosedError, LockTimeout, MpilockError
-from .fence import _UNSET, Fence
+from .fence import _UNSET, Fence, PlainFence
 from .link import Answer, Link
 from .nesting import ACQUIRED, LOCAL, PROMOTED
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
 from .trace import Recorder
+from .types import Stats
 
 log = logging.getLogger("mpilock")
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
 _CANCELLED = frozenset({Reply.CANCELLED})
+
+H = TypeVar("H")
+"""The type of a ``single_write(handle=...)`` handle."""
 
 
 def check_args(comm: Any, master: Any) -> MPI.Intracomm:
@@ -169,13 +173,21 @@ class WindowController:
         finally:
             self._release(how)
 
-    def single_write(self, handle: Any = None, rank: int | None = None) -> Fence:
+    @overload
+    def single_write(self, handle: None = None, rank: int | None = None) -> PlainFence: ...
+    @overload
+    def single_write(self, handle: H, rank: int | None = None) -> Fence[H | None]: ...
+    def single_write(self, handle: Any = None, rank: int | None = None) -> Fence[Any]:
         """Run a block on rank ``rank`` only (default the master) under the write lock; collective.
 
         Use ``with ctrl.single_write() as fence: fence.guard(); ...``.  Every
         other rank jumps to the end of the block at ``guard()`` and waits there
         until the writer's block has finished.  With ``handle=h`` the writer's
         ``as`` target is ``h`` and everyone else's is ``None``.
+
+        Types: without a handle the ``as`` target is the fence itself (a
+        :data:`~mpilock.fence.PlainFence`); with ``handle=h`` of type ``H`` it
+        is ``H | None``.  ``handle=None`` means no handle.
         """
         self._check_open()
         writer = self._default_writer if rank is None else rank
@@ -233,14 +245,14 @@ class WindowController:
         self._link.send(Op.RELEASE)
         self._mode = None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Return per-rank lock counts, wait-time percentiles and hold times.
 
         Asked from the server, which computes them from what it has seen so
         far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
         """
         answer = self._link_call(Op.STATS)
-        result: dict[str, Any] = pickle.loads(answer.payload or b"")
+        result: Stats = pickle.loads(answer.payload or b"")
         return result
 
     def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:

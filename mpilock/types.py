@@ -1,0 +1,39 @@
+"""Typed shapes of what mpilock returns: :meth:`WindowController.stats` and its rows.
+
+Plain dictionaries at run time (they are pickled from the server); these
+:class:`~typing.TypedDict` classes tell a type checker which keys exist, so a
+typo such as ``stats["rank"]`` or ``row["wait_p95"]`` is caught before a job
+runs.  This module imports no MPI.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class RankStats(TypedDict):
+    """What the server has seen of one rank so far; times in seconds."""
+
+    rank: int
+    """The rank (in the controller's communicator) this row describes."""
+    reads: int
+    """Read locks granted."""
+    writes: int
+    """Write locks granted, ``single_write`` blocks included."""
+    wait_p50: float
+    """Median wait from request to grant, over the rank's most recent waits."""
+    wait_p90: float
+    """90th percentile of the recent waits."""
+    wait_p99: float
+    """99th percentile of the recent waits."""
+    wait_max: float
+    """Longest wait of the whole run."""
+    hold_total: float
+    """Total time the rank held a lock."""
+
+
+class Stats(TypedDict):
+    """The result of :meth:`mpilock.WindowController.stats`."""
+
+    ranks: list[RankStats]
+    """One row per rank, in rank order."""
