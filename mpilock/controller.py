@@ -75,12 +75,23 @@ class WindowController:
     """
 
     def __init__(
-        self, comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+        self,
+        comm: MPI.Intracomm | None = None,
+        master: int = 0,
+        pump: bool | None = None,
+        pump_interval: float = 1e-4,
+        *,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         """Create the lock on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
 
         ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
         Chrome trace-event JSON file the master writes at close.
+
+        ``pump`` and ``pump_interval`` are mpilock 2.x's, accepted so that
+        code written for it runs unchanged, and have no effect: 2.x's pump
+        thread kept MPI progressing for one-sided operations on the master,
+        and a lock server makes its own progress.  They are not checked.
         """
         user_comm = check_args(comm, master)
         private = user_comm.Dup()
@@ -336,11 +347,18 @@ def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] |
 
 
 def sync(
-    comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+    comm: MPI.Intracomm | None = None,
+    master: int = 0,
+    pump: bool | None = None,
+    pump_interval: float = 1e-4,
+    *,
+    trace: str | os.PathLike[str] | None = None,
 ) -> WindowController:
     """Create a :class:`WindowController` on ``comm`` (default ``COMM_WORLD``); collective.
 
     ``master`` is the rank that runs the lock server; ``trace`` names a Chrome
     trace file the master writes at close (see :class:`WindowController`).
+    ``pump`` and ``pump_interval`` (mpilock 2.x's progress pump) are accepted
+    and have no effect: a lock server needs no progress pump.
     """
-    return WindowController(comm, master, trace=trace)
+    return WindowController(comm, master, pump, pump_interval, trace=trace)
