@@ -41,7 +41,7 @@ MPIEXEC := mpiexec
 MPI_PYTEST :=
 endif
 
-.PHONY: install test test-core test-mpi demo lint stress bench clean
+.PHONY: install test test-core test-mpi demo lint stress bench check-dist clean
 
 # Tests marked `mpi` run in their own mpiexec job per rank count (pytest-isolate-mpi);
 # tests marked `mpiexec` start mpiexec themselves (tests/test_dead_rank_mpi.py).
@@ -89,6 +89,12 @@ bench: install
 
 stress: install
 	MPILOCK_STRESS_OPS=12000 $(MPIEXEC) -n 8 $(BIN)/python -m mpi4py tests/stress.py
+
+# The package as users get it: sdist and wheel built without warnings, twine check,
+# the wheel in a fresh venv outside the checkout running an example at 2 ranks,
+# the wheel rebuilt from the sdist and the sdist's tests run against the wheel.
+check-dist: install
+	PYTHON=$(BIN)/python bash .ci/check-dist
 
 clean:
 	rm -rf .venv .venv-openmpi build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
