@@ -41,7 +41,7 @@ MPIEXEC := mpiexec
 MPI_PYTEST :=
 endif
 
-.PHONY: install test test-core test-mpi demo lint stress bench clean
+.PHONY: install test test-core test-mpi demo lint stress bench check-dist clean
 
 # Tests marked `mpi` run in their own mpiexec job per rank count (pytest-isolate-mpi);
 # tests marked `mpiexec` start mpiexec themselves (tests/test_dead_rank_mpi.py).
@@ -52,7 +52,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint,plot,$(MPI)]'
+	$(BIN)/python -m pip install --quiet -e '.[plot,$(MPI)]' --group test --group lint --group dist
+	@# This project was installed as the distribution "mpilock" before it was renamed; that
+	@# name belongs to the RMA-window mpilock on PyPI. Either one would shadow the import name.
+	$(BIN)/python -m pip uninstall --quiet --yes mpilock 2>/dev/null || true
 	touch $@
 
 test: lint test-core test-mpi
@@ -64,14 +67,17 @@ test-mpi: install
 	MPILOCK_TEST_RANKS="$(RANKS)" $(BIN)/python -m pytest -m "mpi or mpiexec" $(MPI_PYTEST) $(PYTEST_ARGS)
 
 # mypy cannot follow the editable install's import hook that maps server/ to
-# mpilock.server, so it checks a tree of links laid out as the installed package.
+# mpilock.server, so it checks a tree of links laid out as the installed package,
+# and with it tests/typed_program.py, a user program written against mpilock's
+# types (tests/test_typing.py checks that the mistakes in tests/typed_errors.py fail).
 TYPECHECK := build/typecheck
 lint: install
-	$(BIN)/ruff check mpilock server tests examples
+	$(BIN)/ruff check mpilock server tests examples setup.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
-	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict -p mpilock
+	ln -s $(CURDIR)/tests/typed_program.py $(TYPECHECK)/
+	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict mpilock typed_program.py
 
 demo: install
 	mkdir -p build
@@ -84,5 +90,11 @@ bench: install
 stress: install
 	MPILOCK_STRESS_OPS=12000 $(MPIEXEC) -n 8 $(BIN)/python -m mpi4py tests/stress.py
 
+# The package as users get it: sdist and wheel built without warnings, twine check,
+# the wheel in a fresh venv outside the checkout running an example at 2 ranks,
+# the wheel rebuilt from the sdist and the sdist's tests run against the wheel.
+check-dist: install
+	PYTHON=$(BIN)/python bash .ci/check-dist
+
 clean:
-	rm -rf .venv .venv-openmpi build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-openmpi build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -40,7 +40,7 @@ from .link import Link
 from .server import backoff, loop
 from .server.loop import Channel
 from .server.protocol import HEADER_LEN, TAG_REPLY, Op
-from .trace import Recorder
+from .trace import Recorder, percentile
 
 WORLD = MPI.COMM_WORLD
 MASTER = 0
@@ -84,13 +84,6 @@ def share(value: object, root: int) -> Any:
     """Quietly synchronise, then broadcast ``value`` from ``root`` to every rank."""
     quiet_barrier()
     return WORLD.bcast(value, root=root)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """Return the ``q``-th percentile (0-100) of ``samples`` by nearest rank."""
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def timed_ops(lock: Callable[[], AbstractContextManager[Any]], count: int) -> float:

@@ -10,14 +10,14 @@ import threading
 import time
 import warnings
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from mpi4py import MPI
 
 from . import lifecycle
 from .checks import check_args, rank_index, timeout_seconds, trace_path
 from .errors import ClosedError, LockTimeout, MpilockError
-from .fence import _UNSET, Fence
+from .fence import _UNSET, Fence, PlainFence
 from .link import Answer, Link, Watcher
 from .nesting import LOCAL, Taken
 from .report import LongWait
@@ -29,6 +29,7 @@ from .server.protocol import Flag, Op, Reply
 from .server.settings import SETTINGS
 from .table import LockTable
 from .trace import Recorder
+from .types import Stats
 
 log = logging.getLogger("mpilock")
 
@@ -40,6 +41,9 @@ _TRY, _UPGRADE = int(Flag.TRY), int(Flag.UPGRADE)
 _KEY_FLAGS = int(Flag.MULTI) | int(Flag.KEYS_IN_PAYLOAD)
 _DEFAULT = (keyspace.DEFAULT,)
 _THREAD_TOKEN = (1 << 63) - 1
+
+H = TypeVar("H")
+"""The type of a ``single_write(handle=...)`` handle."""
 
 
 def _encode_keys(keys: tuple[Any, ...]) -> tuple[bytes, ...]:
@@ -112,7 +116,13 @@ class WindowController:
     """
 
     def __init__(
-        self, comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+        self,
+        comm: MPI.Intracomm | None = None,
+        master: int = 0,
+        pump: bool | None = None,
+        pump_interval: float = 1e-4,
+        *,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         """Create the locks on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
 
@@ -120,6 +130,11 @@ class WindowController:
         Chrome trace-event JSON file the master writes at close; it is
         checked now.  Every rank raises the same error if any rank finds a
         problem with the arguments.
+
+        ``pump`` and ``pump_interval`` are mpilock 2.x's, accepted so that
+        code written for it runs unchanged, and have no effect: 2.x's pump
+        thread kept MPI progressing for one-sided operations on the master,
+        and a lock server makes its own progress.  They are not checked.
         """
         user_comm, index = check_args(comm, master, trace)
         private = user_comm.Dup()
@@ -239,13 +254,21 @@ class WindowController:
         encoded = (keyspace.encode_bounded(key),)
         return Lock(self, encoded, SLOT, places, timeout_seconds(timeout), self._site())
 
-    def single_write(self, handle: Any = None, rank: int | None = None) -> Fence:
+    @overload
+    def single_write(self, handle: None = None, rank: int | None = None) -> PlainFence: ...
+    @overload
+    def single_write(self, handle: H, rank: int | None = None) -> Fence[H | None]: ...
+    def single_write(self, handle: Any = None, rank: int | None = None) -> Fence[Any]:
         """Run a block on rank ``rank`` only (default the master) under the write lock; collective.
 
         Use ``with ctrl.single_write() as fence: fence.guard(); ...``.  Every
         other rank jumps to the end of the block at ``guard()`` and waits there
         until the writer's block has finished.  With ``handle=h`` the writer's
         ``as`` target is ``h`` and everyone else's is ``None``.
+
+        Types: without a handle the ``as`` target is the fence itself (a
+        :data:`~mpilock.fence.PlainFence`); with ``handle=h`` of type ``H`` it
+        is ``H | None``.  ``handle=None`` means no handle.
         """
         self._check_use()
         writer = self._default_writer if rank is None else rank_index(rank, self._size, "single_write rank")
@@ -266,14 +289,14 @@ class WindowController:
         answer = self._link_call(Op.LOCKS, flags, payload=payload, area=area)
         return LockTable(pickle.loads(answer.payload or b""))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Return per-rank and per-key lock counts, wait-time percentiles and hold times.
 
         Asked from the server, which computes them from what it has seen so
         far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
         """
         answer = self._link_call(Op.STATS)
-        result: dict[str, Any] = pickle.loads(answer.payload or b"")
+        result: Stats = pickle.loads(answer.payload or b"")
         return result
 
     # -- acquiring and releasing -------------------------------------------------------
@@ -521,14 +544,21 @@ def _site_text(filename: str, line: int) -> str:
 
 
 def sync(
-    comm: MPI.Intracomm | None = None, master: int = 0, *, trace: str | os.PathLike[str] | None = None
+    comm: MPI.Intracomm | None = None,
+    master: int = 0,
+    pump: bool | None = None,
+    pump_interval: float = 1e-4,
+    *,
+    trace: str | os.PathLike[str] | None = None,
 ) -> WindowController:
     """Create a :class:`WindowController` on ``comm`` (default ``COMM_WORLD``); collective.
 
     ``master`` is the rank that runs the lock server; ``trace`` names a Chrome
     trace file the master writes at close (see :class:`WindowController`).
+    ``pump`` and ``pump_interval`` (mpilock 2.x's progress pump) are accepted
+    and have no effect: a lock server needs no progress pump.
     """
-    return WindowController(comm, master, trace=trace)
+    return WindowController(comm, master, pump, pump_interval, trace=trace)
 
 
 __all__ = ["Lock", "WindowController", "sync"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 import cloudpickle
 
@@ -16,13 +16,20 @@ if TYPE_CHECKING:
 
 _UNSET: Any = object()
 
+Target = TypeVar("Target", covariant=True)
+"""What ``with fence as x`` binds ``x`` to."""
 
-class Fence:
+
+class Fence(Generic[Target]):
     """One ``single_write`` block: fences off every rank but the writer.
 
     Use it as ``with controller.single_write() as fence:``, call
     :meth:`guard` first thing in the block, and :meth:`share` on the writer to
     hand an object to the others, who :meth:`collect` it after the block.
+
+    For type checkers the fence is generic in its ``as`` target:
+    ``single_write()`` gives a :data:`PlainFence` (the target is the fence
+    itself), ``single_write(handle=h)`` with ``h: H`` a ``Fence[H | None]``.
     """
 
     def __init__(
@@ -98,7 +105,7 @@ class Fence:
         return self._shared
 
     # -- the with block ------------------------------------------------------
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Target:
         """Writer: take the write lock. Everyone: return the ``as`` target."""
         if self._used:  # on every rank alike, before anything reaches the server
             raise FenceError(
@@ -115,8 +122,8 @@ class Fence:
             )
         self._inside = True
         if self._handle is _UNSET:
-            return self
-        return self._handle if self.access else None
+            return cast(Target, self)  # a PlainFence: the target is the fence itself
+        return cast(Target, self._handle if self.access else None)  # H | None for Fence[H | None]
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -148,3 +155,7 @@ class Fence:
         self._payload = None
         ctrl._link.wait(seq)
         return exc is None or isinstance(exc, FencedSignal)
+
+
+PlainFence: TypeAlias = Fence["PlainFence"]
+"""The fence of ``single_write()`` without a handle: ``with`` binds the fence itself."""

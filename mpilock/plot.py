@@ -7,7 +7,7 @@ then turn the trace into a picture::
 
 Each rank gets one row; time runs left to right in milliseconds since the first
 lock request.  Waiting for a lock, holding the read lock and holding the write
-lock have their own colours.  Needs matplotlib (the ``plot`` extra); it is
+lock have their own colours.  Needs matplotlib (the ``plot`` extra) but no MPI; it is
 imported only here and drawn with the non-interactive Agg backend.
 """
 
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plot_timeline(spans, args.output, labels=labels, title=args.title, width=args.width, dpi=args.dpi)
     except ImportError:
-        print("mpilock.plot: needs matplotlib (pip install 'mpilock[plot]')", file=sys.stderr)
+        print("mpilock.plot: needs matplotlib (pip install 'mpilock-server[plot]')", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {len(spans)} spans on {len({s.rank for s in spans})} ranks")
     return 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections import deque
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from .server import keys as keyspace
@@ -33,14 +35,6 @@ STATS_KEYS = 1_000
 OTHER_KEYS = "(other keys)"
 _COUNTS = {"read": 0, "write": 1, "slot": 2}
 _DEFAULT = (keyspace.DEFAULT,)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Return the ``q``-th percentile (0-100) of sorted ``values`` by nearest rank (0.0 if empty)."""
-    if not values:
-        return 0.0
-    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[index]
 
 
 class Recorder:
@@ -165,7 +159,7 @@ class Recorder:
         """
         ranks = []
         for rank in range(self.size):
-            waits = sorted(self.waits[rank])
+            p50, p90, p99 = percentiles(self.waits[rank], (50, 90, 99))
             reads, writes, slots = self.counts[rank]
             ranks.append(
                 {
@@ -173,9 +167,9 @@ class Recorder:
                     "reads": reads,
                     "writes": writes,
                     "slots": slots,
-                    "wait_p50": percentile(waits, 50),
-                    "wait_p90": percentile(waits, 90),
-                    "wait_p99": percentile(waits, 99),
+                    "wait_p50": p50,
+                    "wait_p90": p90,
+                    "wait_p99": p99,
                     "wait_max": self.wait_max[rank],
                     "hold_total": self.hold_total[rank],
                 }
@@ -238,3 +232,28 @@ def _key_entry(name: str, totals: list[float]) -> dict[str, Any]:
         "wait_max": wait_max,
         "hold_total": hold_total,
     }
+
+
+def percentiles(samples: Collection[float], qs: Sequence[int]) -> list[float]:
+    """Return the ``q``-th percentiles of ``samples`` for each ``q`` of ``qs`` (integers, 0 to 100).
+
+    Percentile ``q`` lies ``q`` % of the way from the smallest sample to the
+    largest in rank order, interpolated linearly between the two samples
+    around it: :func:`statistics.quantiles` with ``method="inclusive"``
+    (``q=0`` is the minimum, ``50`` the median, ``100`` the maximum).  No
+    samples give ``0.0``.  The samples are sorted once for all of ``qs``.
+    """
+    for q in qs:
+        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 100:
+            raise ValueError(f"percentiles are integers from 0 to 100, not {q!r}")
+    if len(samples) < 2:
+        only = float(next(iter(samples), 0.0))
+        return [only for _ in qs]
+    ordered = sorted(samples)
+    points = [ordered[0], *statistics.quantiles(ordered, n=100, method="inclusive"), ordered[-1]]
+    return [points[q] for q in qs]
+
+
+def percentile(samples: Collection[float], q: int) -> float:
+    """Return the ``q``-th percentile (0 to 100) of ``samples``; see :func:`percentiles`."""
+    return percentiles(samples, (q,))[0]

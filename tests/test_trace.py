@@ -6,7 +6,7 @@ import pytest
 
 from mpilock.plot import load_spans
 from mpilock.server import Flag, LockCore, Op, Reply, Send
-from mpilock.trace import Recorder
+from mpilock.trace import Recorder, percentile, percentiles
 
 
 def granted(rank, seq=1):
@@ -43,7 +43,7 @@ def test_counts_waits_and_hold_times():
     assert ranks[1]["hold_total"] == pytest.approx(1.0)
 
 
-def test_percentiles_by_nearest_rank():
+def test_wait_percentiles():
     rec = Recorder(2)
     now = 0.0
     for i, wait in enumerate([w / 1000 for w in range(100, -1, -1)]):  # 101 waits, 100 ms down to 0 ms
@@ -61,6 +61,20 @@ def test_percentiles_by_nearest_rank():
     assert stats["wait_max"] == pytest.approx(0.100)
     assert stats["hold_total"] == pytest.approx(0.101)
     assert rec.stats()["ranks"][1]["hold_total"] == 0.0
+
+
+def test_percentiles_interpolate_between_the_samples_around_them():
+    assert percentiles([4.0, 1.0, 3.0, 2.0], (0, 50, 100)) == [1.0, 2.5, 4.0]
+    assert percentile([0.0, 10.0], 25) == 2.5
+    assert percentile(range(101), 90) == 90  # a sample at every percentile: no interpolation
+    assert percentiles([], (50, 99)) == [0.0, 0.0]
+    assert percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.parametrize("q", [-1, 101, 50.5, True])
+def test_percentiles_reject_what_is_not_an_integer_percent(q):
+    with pytest.raises(ValueError, match="integers from 0 to 100"):
+        percentile([1.0, 2.0], q)
 
 
 def test_stats_of_an_idle_recorder_are_zero():
