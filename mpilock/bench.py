@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -47,7 +48,8 @@ MASTER = 0
 CLIENT = 1
 TAG_FLOOR = 4242
 TAG_BUSY = 4243
-PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "dedicated", "waiting", "contended")
+TAG_RAW = 4244
+PHASES = ("floor", "server", "mutex", "uncontended", "idle", "busy", "dedicated", "waiting", "contended", "payload")
 
 US = 1e-6
 T = TypeVar("T")
@@ -451,6 +453,146 @@ def server_cost(repeats: int, pairs: int) -> float:
     return statistics.median(costs)
 
 
+# -- big payloads ---------------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int | None:
+    """Return field ``VmRSS``, ``VmHWM``, ... of ``/proc/self/status`` in KiB (``None`` off Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak RSS (``VmHWM``) where Linux allows it; return the current RSS in bytes.
+
+    Writing ``5`` to ``/proc/self/clear_refs`` sets ``VmHWM`` back to
+    ``VmRSS``.  Without it (or off Linux) the peak is the lifetime
+    ``ru_maxrss``, and growth figures are only upper bounds.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+    rss = _status_kib("VmRSS")
+    return 1024 * rss if rss is not None else 0
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since the last :func:`reset_peak_rss` (``VmHWM``; lifetime ``ru_maxrss`` off Linux)."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return 1024 * hwm
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (``None`` where unknown)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return 1024 * int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class PayloadResult:
+    """Share+collect of one payload size by one writer, against a raw transfer of the same bytes."""
+
+    nbytes: int
+    writer: int
+    seconds: float
+    """Median over repeats of the slowest of writer and reader, from a common start to the end of collect()."""
+    raw: float
+    """Median seconds of a raw ``Isend``/``Recv`` of ``nbytes`` from rank 0 into a pre-touched buffer on rank 1."""
+    raw_fresh: float
+    """The same into a newly allocated buffer (what any API that returns a new object must pay at least)."""
+    growth: dict[int, float]
+    """Rank -> peak RSS growth during the fence, in payloads (median over repeats)."""
+
+
+def _raw_transfer(nbytes: int, repeats: int, fresh: bool) -> float:
+    """Median seconds of ``Isend`` rank 0 -> ``Recv`` rank 1 of ``nbytes`` (timed on rank 1 from a barrier)."""
+    import numpy as np
+
+    rank = WORLD.Get_rank()
+    source = np.ones(nbytes, dtype=np.uint8) if rank == MASTER else None
+    target = np.ones(nbytes, dtype=np.uint8) if rank == CLIENT and not fresh else None
+    times: list[float] = []
+    for _ in range(repeats):
+        hot_barrier()
+        start = time.perf_counter()
+        if rank == MASTER:
+            WORLD.Isend([source, MPI.BYTE], CLIENT, TAG_RAW).Wait()
+        elif rank == CLIENT:
+            buffer = np.empty(nbytes, dtype=np.uint8) if fresh else target
+            WORLD.Recv([buffer, MPI.BYTE], MASTER, TAG_RAW)
+            times.append(time.perf_counter() - start)
+            del buffer
+    result: float = share(statistics.median(times) if rank == CLIENT else None, CLIENT)
+    return result
+
+
+def phase_payload(ctrl: WindowController, sizes: list[int], repeats: int) -> list[PayloadResult]:
+    """``share`` of a numpy array of each size and ``collect`` on the other of ranks 0 and 1, both ways.
+
+    ``repeats`` per figure (at most 3 above 100 MB).
+
+    For each size: a raw ``Isend``/``Recv`` of the same bytes (rank 0 -> 1),
+    then ``single_write(rank=w)`` with ``w`` = 0 (the master) and 1, the
+    writer sharing a pre-touched array and the other rank collecting it.
+    Ranks >= 2 take part in the fences only.  Each rank's peak RSS is reset
+    before every fence (``/proc/self/clear_refs``), so the growth is that of
+    one share+collect.
+    """
+    import numpy as np
+
+    rank = WORLD.Get_rank()
+    out: list[PayloadResult] = []
+    for nbytes in sizes:
+        count = repeats if nbytes <= 10**8 else min(repeats, 3)  # a 1 GB fence takes seconds
+        raw = _raw_transfer(nbytes, count, fresh=False)
+        raw_fresh = _raw_transfer(nbytes, count, fresh=True)
+        source = np.ones(nbytes, dtype=np.uint8) if rank in (MASTER, CLIENT) else None
+        for writer in (MASTER, CLIENT):
+            reader = CLIENT if writer == MASTER else MASTER
+            times: list[float] = []
+            growth: list[list[float]] = []
+            for repeat in range(count):
+                if source is not None:
+                    source[0] = repeat % 256
+                before = reset_peak_rss()
+                quiet_barrier()
+                start = time.perf_counter()
+                with ctrl.single_write(rank=writer) as fence:
+                    fence.guard()
+                    fence.share(source)
+                if rank == reader:
+                    got = fence.collect()
+                    if got.nbytes != nbytes or got[0] != repeat % 256 or got[-1] != 1:
+                        raise AssertionError(f"collected payload of {nbytes} bytes is wrong")
+                    del got
+                elapsed = time.perf_counter() - start
+                grown = (peak_rss() - before) / nbytes
+                gathered = WORLD.gather((elapsed, grown), root=MASTER) or []
+                if rank == MASTER:
+                    times.append(max(gathered[writer][0], gathered[reader][0]))
+                    growth.append([g for _, g in gathered])
+            if rank == MASTER:
+                per_rank = {r: statistics.median(g[r] for g in growth) for r in range(WORLD.Get_size())}
+                out.append(PayloadResult(nbytes, writer, statistics.median(times), raw, raw_fresh, per_rank))
+        del source
+    return out
+
+
 # -- report ---------------------------------------------------------------------------------------------------------
 def _fmt(value: float, unit: str) -> str:
     if unit == "us":
@@ -483,7 +625,7 @@ def _transport() -> str:
     return "shared memory"
 
 
-def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
+def run(phases: Iterator[str] | tuple[str, ...], scale: float, payload_max: int = 10**9) -> list[Row]:
     """Run the selected phases on every rank; return the table rows (non-empty on rank 0 only)."""
     wanted = set(phases)
     rank, size = WORLD.Get_rank(), WORLD.Get_size()
@@ -619,8 +761,54 @@ def run(phases: Iterator[str] | tuple[str, ...], scale: float) -> list[Row]:
                         note=f"x floor = time per grant; p50 wait {cont.write_p50 * 1e3:.2f} ms",
                     )
                 )
+        if "payload" in wanted:
+            for row in payload_rows(ctrl, scale, payload_max):
+                add(row)
     finally:
         ctrl.close()
+    return rows
+
+
+PAYLOAD_SIZES = (10**6, 10**8, 10**9)
+"""Bytes shared by the payload phase (before ``--scale``)."""
+
+PAYLOAD_MEMORY = 6
+"""A size is skipped unless ``MemAvailable`` holds this many payloads (source, copies, raw buffers on 2 ranks)."""
+
+
+def _size(nbytes: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if nbytes >= factor:
+            return f"{nbytes / factor:g} {unit}"
+    return f"{nbytes} B"
+
+
+def payload_rows(ctrl: WindowController, scale: float, payload_max: int) -> list[Row]:
+    """Run :func:`phase_payload` on the sizes that fit ``payload_max`` and the free memory; rows on rank 0."""
+    rows: list[Row] = []
+    sizes = sorted({max(1024, int(s * scale)) for s in PAYLOAD_SIZES if s * scale <= payload_max})
+    available = available_memory() if WORLD.Get_rank() == MASTER else None
+    fits = WORLD.bcast([available is None or PAYLOAD_MEMORY * n <= available for n in sizes], root=MASTER)
+    for nbytes, fit in zip(sizes, fits, strict=True):
+        if not fit:
+            note = f"skipped: MemAvailable {(available or 0) / 1e9:.1f} GB < {PAYLOAD_MEMORY} x payload"
+            rows.append(Row(f"share+collect {_size(nbytes)}", 0.0, "ms", note=note))
+    wanted = [n for n, fit in zip(sizes, fits, strict=True) if fit]
+    for result in phase_payload(ctrl, wanted, 5):
+        size = _size(result.nbytes)
+        if result.writer == MASTER:
+            note = f"into a pre-touched buffer; into a fresh one {result.raw_fresh * 1e3:,.1f} ms"
+            rows.append(Row(f"raw Isend/Recv {size}, 0 -> 1", result.raw, "ms", note=note))
+        ratio = result.seconds / result.raw
+        reader = CLIENT if result.writer == MASTER else MASTER
+        who = "0 (master) -> 1" if result.writer == MASTER else "1 -> 0 (master)"
+        note = (
+            f"{ratio:.1f}x raw, {result.seconds / result.raw_fresh:.1f}x raw into fresh; peak RSS growth "
+            f"writer {result.growth[result.writer]:.2f}x, reader {result.growth[reader]:.2f}x payload"
+        )
+        rows.append(
+            Row(f"share+collect {size}, writer {who}", result.seconds, "ms", None, "≤ 3x raw", ratio <= 3, note)
+        )
     return rows
 
 
@@ -637,6 +825,14 @@ def main(argv: list[str] | None = None) -> int:
         help="sys.setswitchinterval on every rank, in milliseconds (default: leave it)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count and duration")
+    parser.add_argument(
+        "--payload-max",
+        type=float,
+        default=PAYLOAD_SIZES[-1],
+        metavar="BYTES",
+        help="largest payload of the payload phase, after --scale (default 1e9; sizes for which "
+        f"MemAvailable does not hold {PAYLOAD_MEMORY} payloads are skipped anyway)",
+    )
     args = parser.parse_args(argv)
     size = WORLD.Get_size()
     if size < 2:
@@ -649,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval * 1e-3)
     started = time.monotonic()
-    rows = run(tuple(args.only), args.scale)
+    rows = run(tuple(args.only), args.scale, int(args.payload_max))
     if WORLD.Get_rank() == MASTER:
         version = MPI.Get_library_version().splitlines()[0].strip()
         header = [
