@@ -21,6 +21,7 @@ from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence
 from .link import Answer, Link
 from .nesting import ACQUIRED, LOCAL, PROMOTED
+from .server.frames import joined
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
 from .trace import Recorder
@@ -240,7 +241,7 @@ class WindowController:
         far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
         """
         answer = self._link_call(Op.STATS)
-        result: dict[str, Any] = pickle.loads(answer.payload or b"")
+        result: dict[str, Any] = pickle.loads(joined(answer.payload))
         return result
 
     def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:

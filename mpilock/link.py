@@ -11,6 +11,7 @@ from mpi4py import MPI
 from .errors import MpilockError
 from .server import wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
+from .server.frames import Payload, joined
 from .server.protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _REPLIES = {int(r): r for r in Reply}
@@ -24,7 +25,7 @@ class Answer(NamedTuple):
     seq: int
     arg: int
     aux: int
-    payload: bytes | None
+    payload: Payload | None
 
 
 class Link:
@@ -46,7 +47,7 @@ class Link:
         """One persistent receive for the replies, started when a wait needs it."""
         self._started = False
 
-    def send(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, seq: int | None = None) -> int:
+    def send(self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, seq: int | None = None) -> int:
         """Send a request without waiting; return its sequence number."""
         if seq is None:
             self._seq += 1
@@ -74,7 +75,7 @@ class Link:
                 answer = self._take()
                 if answer.seq == seq and (accept is None or answer.code in accept or answer.code == Reply.ERROR):
                     if answer.code == Reply.ERROR:
-                        text = (answer.payload or b"").decode(errors="replace")
+                        text = joined(answer.payload).decode(errors="replace")
                         raise MpilockError(f"lock server rejected the request: {text}")
                     return answer
                 if backoff is not None:
@@ -88,7 +89,7 @@ class Link:
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
             backoff.pause()
 
-    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None) -> Answer:
+    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None) -> Answer:
         """Send a request and wait for its reply."""
         answer = self.wait(self.send(op, arg, aux, payload))
         assert answer is not None  # no deadline
@@ -97,6 +98,10 @@ class Link:
     def _take(self) -> Answer:
         code, seq, arg, aux, nbytes = self._header.tolist()
         return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
+
+    def reap(self) -> None:
+        """Complete the sends that have finished, releasing their buffers (a shared payload's, say)."""
+        self._sends = wire.reap(self._sends)
 
     def finish(self) -> None:
         """Complete every send still in flight (before the communicator is freed)."""

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .events import ProtocolError, Send
 from .fences import FenceBook
 from .protocol import FenceStatus, Flag, Op, Reply
 
+if TYPE_CHECKING:
+    from .frames import Payload
+
 __all__ = ["LockCore", "ProtocolError", "Send"]
 
-Handler = Callable[[int, int, int, int, "bytes | None", list[Send]], None]
+Handler = Callable[[int, int, int, int, "Payload | None", list[Send]], None]
 """``handler(rank, seq, arg, aux, payload, out)``: apply one request, append replies to ``out``."""
 
 _GRANTED = Reply.GRANTED
@@ -82,7 +86,7 @@ class LockCore:
 
     # -- the one entry point -------------------------------------------------
     def handle(
-        self, rank: int, op: int, seq: int, arg: int = 0, aux: int = 0, payload: bytes | None = None
+        self, rank: int, op: int, seq: int, arg: int = 0, aux: int = 0, payload: Payload | None = None
     ) -> list[Send]:
         """Apply request ``op`` from ``rank`` and return the replies to send."""
         if rank not in self.members:
@@ -97,27 +101,29 @@ class LockCore:
         return out
 
     # -- one handler per op (a table: enum comparisons are slow on the hot path) ---
-    def _on_read(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_read(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         self._request(rank, seq, False, bool(arg & _TRY), out)
 
-    def _on_write(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_write(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         self._request(rank, seq, True, bool(arg & _TRY), out)
 
-    def _on_fence_begin(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_fence_begin(
+        self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]
+    ) -> None:
         out.extend(self.fences.advance(rank, arg))
         self._request(rank, seq, True, False, out)
 
-    def _on_release(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_release(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         self._release(rank)
         self._schedule(out)
 
-    def _on_fence_end(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_fence_end(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         out.extend(self.fences.end(rank, seq, arg, FenceStatus(aux), payload))
 
-    def _on_fence_wait(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_fence_wait(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         out.extend(self.fences.wait(rank, seq, arg, reply=not aux))
 
-    def _on_collect(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_collect(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         out.extend(self.fences.collect(rank, seq, arg))
 
     # -- lock rules ------------------------------------------------------------
@@ -165,7 +171,7 @@ class LockCore:
         else:
             raise ProtocolError(f"rank {rank} released a lock it does not hold")
 
-    def _on_cancel(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_cancel(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         if self.waiting_readers.get(rank) == seq:
             del self.waiting_readers[rank]
         elif (rank, seq) in self.waiting_writers:
@@ -175,7 +181,7 @@ class LockCore:
         out.append(Send(rank, Reply.CANCELLED, seq))
         self._schedule(out)  # a withdrawn writer may unblock readers
 
-    def _on_close(self, rank: int, seq: int, arg: int, aux: int, payload: bytes | None, out: list[Send]) -> None:
+    def _on_close(self, rank: int, seq: int, arg: int, aux: int, payload: Payload | None, out: list[Send]) -> None:
         if rank in self._closing:
             raise ProtocolError(f"rank {rank} closed twice")
         if self.holds(rank):

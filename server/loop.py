@@ -15,6 +15,7 @@ import pickle
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from . import wire
 from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
 from .events import ProtocolError, Send
+from .frames import Arrival, Payload
 from .protocol import TAG_REPLY, TAG_REQUEST, Op, Reply
 
 log = logging.getLogger("mpilock.server")
@@ -69,6 +71,10 @@ class Channel:
         """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
         self._recv.Start()
         self._sends: wire.Pending = []
+        self._arriving: dict[int, deque[tuple[list[int], Payload | None]]] = {}
+        """Per rank, requests waiting for their frames (the first) or behind them, with any plain payload."""
+        self._arrival: dict[int, Arrival] = {}
+        """Per rank, the frames being received for its first waiting request."""
         self._lock = threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
 
@@ -87,6 +93,9 @@ class Channel:
                 return False
             if self._recv.Test(self._status):
                 self._serve_one(self._status.Get_source())
+                return True
+            if self._arriving:  # frames on their way: poll again at once, the copying happens in our Test
+                self._receive_frames()
                 return True
             if self._sends:
                 self._sends = wire.reap(self._sends)
@@ -112,7 +121,41 @@ class Channel:
 
     def _serve_one(self, rank: int) -> None:
         op, seq, arg, aux, nbytes = self._header.tolist()
-        payload = wire.recv_payload(self.comm, rank, nbytes)
+        payload = wire.recv_payload(self.comm, rank, nbytes) if nbytes >= 0 else None
+        if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
+            self._arriving.setdefault(rank, deque()).append(([op, seq, arg, aux, nbytes], payload))
+            self._recv.Start()
+            self._receive_frames()
+            return
+        self._answer(rank, op, seq, arg, aux, payload)
+
+    def _receive_frames(self) -> None:
+        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order."""
+        for rank, waiting in list(self._arriving.items()):
+            while waiting:
+                (op, seq, arg, aux, nbytes), payload = waiting[0]
+                if nbytes < 0:
+                    arrival = self._arrival.get(rank)
+                    if arrival is None:
+                        arrival = self._arrival[rank] = Arrival(self.comm, rank, TAG_REQUEST, -nbytes)
+                    if not arrival.test():
+                        break
+                    del self._arrival[rank]
+                    payload = arrival.frames
+                waiting.popleft()
+                if self._answer(rank, op, seq, arg, aux, payload, restart=False):
+                    return
+            else:
+                del self._arriving[rank]
+
+    def _answer(
+        self, rank: int, op: int, seq: int, arg: int, aux: int, payload: Payload | None, restart: bool = True
+    ) -> bool:
+        """Handle one request and send its replies; return whether the channel finished.
+
+        ``restart``: the request's header receive is to be started again
+        (false for a request whose frames arrived later: it already was).
+        """
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -132,12 +175,17 @@ class Channel:
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
+            if not restart:  # never in practice: a rank's CLOSE waited behind its own frames
+                self._recv.Cancel()
+                self._recv.Wait()
             self._recv.Free()
             self.finished.set()
-            return
+            return True
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
-        self._recv.Start()
+        if restart:
+            self._recv.Start()
+        return False
 
 
 def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:

@@ -3,7 +3,8 @@
 A message is a fixed header of ``HEADER_LEN`` 64-bit integers
 ``[code, seq, arg, aux, nbytes]`` (``code`` is an :class:`Op` or a :class:`Reply`).
 When ``nbytes > 0`` a byte message of that length follows from the same sender
-on ``TAG_PAYLOAD`` (cloudpickle bytes or an error text).  Client -> server
+on ``TAG_PAYLOAD`` (cloudpickle bytes or an error text); ``nbytes < 0`` announces
+``-nbytes`` frames on ``TAG_FRAMES`` instead (:mod:`.frames`).  Client -> server
 headers travel on ``TAG_REQUEST``, server -> client headers on ``TAG_REPLY``.
 """
 
@@ -17,6 +18,8 @@ HEADER_LEN = 5
 TAG_REQUEST = 11
 TAG_REPLY = 12
 TAG_PAYLOAD = 13
+TAG_FRAMES = 14
+"""Frame tables and frames of multi-frame payloads (header ``nbytes < 0``, see :mod:`.frames`)."""
 
 
 class Op(IntEnum):

@@ -2,7 +2,8 @@
 
 A message is an int64 header ``[code, seq, arg, aux, nbytes]`` and, when
 ``nbytes > 0``, a byte message of that length on ``TAG_PAYLOAD`` from the
-same sender (see :mod:`.protocol`).
+same sender (see :mod:`.protocol`); when ``nbytes < 0``, ``-nbytes`` frames
+(see :mod:`.frames`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 
 from mpi4py import MPI
 
-from .protocol import HEADER_LEN, TAG_PAYLOAD
+from . import frames
+from .frames import Frames, Payload
+from .protocol import HEADER_LEN, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST
 
 Pending = list[tuple[MPI.Request, Any]]
 """Sends in flight, each with the buffer MPI may still read."""
@@ -34,14 +37,22 @@ def isend(
     seq: int,
     arg: int,
     aux: int,
-    payload: bytes | None,
+    payload: Payload | None,
     pending: Pending,
 ) -> None:
-    """Start sending one message to ``dest`` (the header on ``tag``); add its sends to ``pending``."""
-    nbytes = len(payload) if payload else 0
+    """Start sending one message to ``dest`` (the header on ``tag``); add its sends to ``pending``.
+
+    Frames go in small messages to the lock server, big ones from it.
+    """
+    if isinstance(payload, Frames):
+        nbytes = frames.announce(comm, dest, tag, payload, pending)
+    else:
+        nbytes = len(payload) if payload else 0
     header = array("q", (code, seq, arg, aux, nbytes))
     pending.append((comm.Isend([header, MPI.INT64_T], dest, tag), header))
-    if payload:
+    if isinstance(payload, Frames):
+        frames.isend(comm, dest, payload, pending, frames.SMALL_CHUNK if tag == TAG_REQUEST else frames.BIG_CHUNK)
+    elif payload:
         pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
 
 
@@ -53,10 +64,15 @@ def reap(pending: Pending) -> Pending:
     return [p for p in pending if p[0] != MPI.REQUEST_NULL]
 
 
-def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int) -> bytes | None:
-    """Receive the payload announced by a header from ``source`` (``None`` if there is none)."""
+def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int, tag: int = TAG_REPLY) -> Payload | None:
+    """Receive the payload announced by a header from ``source`` on ``tag`` (``None`` if there is none).
+
+    Blocks until it is here, frames included.
+    """
     if not nbytes:
         return None
+    if nbytes < 0:
+        return frames.recv(comm, source, tag, -nbytes)
     buf = bytearray(nbytes)
     comm.Recv([buf, MPI.BYTE], source, TAG_PAYLOAD)
     return bytes(buf)
