@@ -117,7 +117,10 @@ class FenceBook:
             text = f"fence {fence} has no payload left for rank {rank}".encode()
             return [Send(rank, Reply.ERROR, seq, fence, 0, text)]
         self._done_with(fence, rank)
-        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, record.payload)]
+        payload = record.payload
+        if fence not in self.records and payload is not None and not isinstance(payload, bytes):
+            payload.owned = True  # its last use: a receiver in this process may keep the frames
+        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, payload)]
 
     def _finish(self, fence: int) -> list[Send]:
         """Answer everyone parked at ``fence`` once it ended and all ranks arrived."""
