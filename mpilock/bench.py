@@ -519,77 +519,98 @@ class PayloadResult:
     """Rank -> peak RSS growth during the fence, in payloads (median over repeats)."""
 
 
-def _raw_transfer(nbytes: int, repeats: int, fresh: bool) -> float:
-    """Median seconds of ``Isend`` rank 0 -> ``Recv`` rank 1 of ``nbytes`` (timed on rank 1 from a barrier)."""
+def _raw_transfer(source: Any, target: Any, nbytes: int) -> float:
+    """Seconds of one ``Isend`` rank 0 -> ``Recv`` rank 1 of ``nbytes`` into ``target`` (a new array if ``None``).
+
+    Timed on rank 1 from the end of a busy barrier; the result is on every rank.
+    """
     import numpy as np
 
     rank = WORLD.Get_rank()
-    source = np.ones(nbytes, dtype=np.uint8) if rank == MASTER else None
-    target = np.ones(nbytes, dtype=np.uint8) if rank == CLIENT and not fresh else None
-    times: list[float] = []
-    for _ in range(repeats):
-        hot_barrier()
-        start = time.perf_counter()
-        if rank == MASTER:
-            WORLD.Isend([source, MPI.BYTE], CLIENT, TAG_RAW).Wait()
-        elif rank == CLIENT:
-            buffer = np.empty(nbytes, dtype=np.uint8) if fresh else target
-            WORLD.Recv([buffer, MPI.BYTE], MASTER, TAG_RAW)
-            times.append(time.perf_counter() - start)
-            del buffer
-    result: float = share(statistics.median(times) if rank == CLIENT else None, CLIENT)
+    hot_barrier()
+    start = time.perf_counter()
+    if rank == MASTER:
+        WORLD.Isend([source, MPI.BYTE], CLIENT, TAG_RAW).Wait()
+    elif rank == CLIENT:
+        buffer = np.empty(nbytes, dtype=np.uint8) if target is None else target
+        WORLD.Recv([buffer, MPI.BYTE], MASTER, TAG_RAW)
+        elapsed = time.perf_counter() - start
+        del buffer
+    result: float = WORLD.bcast(elapsed if rank == CLIENT else None, root=CLIENT)
     return result
+
+
+def _share_collect(ctrl: WindowController, writer: int, source: Any, mark: int) -> tuple[float, list[float]]:
+    """One fence in which ``writer`` shares ``source`` and the other of ranks 0 and 1 collects it.
+
+    Returns (on rank 0) the slowest of the two ranks' times from a common
+    start and every rank's peak RSS growth in bytes.
+    """
+    rank = WORLD.Get_rank()
+    reader = CLIENT if writer == MASTER else MASTER
+    if source is not None:
+        source[0] = mark
+    quiet_barrier()  # lets the server free the previous payload first
+    before = reset_peak_rss()
+    quiet_barrier()
+    start = time.perf_counter()
+    with ctrl.single_write(rank=writer) as fence:
+        fence.guard()
+        fence.share(source)
+    if rank == reader:
+        got = fence.collect()
+        if got.nbytes != source.nbytes or got[0] != mark or got[-1] != 1:
+            raise AssertionError(f"collected payload of {source.nbytes} bytes is wrong")
+        del got
+    elapsed = time.perf_counter() - start
+    del fence  # and with it the collected object it keeps for later collect() calls
+    grown = peak_rss() - before
+    gathered = WORLD.gather((elapsed, grown), root=MASTER) or []  # None off the master
+    if rank != MASTER:
+        return 0.0, []
+    return max(gathered[writer][0], gathered[reader][0]), [g for _, g in gathered]
 
 
 def phase_payload(ctrl: WindowController, sizes: list[int], repeats: int) -> list[PayloadResult]:
     """``share`` of a numpy array of each size and ``collect`` on the other of ranks 0 and 1, both ways.
 
-    ``repeats`` per figure (at most 3 above 100 MB).
-
-    For each size: a raw ``Isend``/``Recv`` of the same bytes (rank 0 -> 1),
-    then ``single_write(rank=w)`` with ``w`` = 0 (the master) and 1, the
-    writer sharing a pre-touched array and the other rank collecting it.
-    Ranks >= 2 take part in the fences only.  Each rank's peak RSS is reset
-    before every fence (``/proc/self/clear_refs``), so the growth is that of
-    one share+collect.
+    Each of ``repeats`` rounds (after one more to warm up) runs, back to back
+    so that the machine's drift hits all alike: a raw ``Isend``/``Recv`` of the same bytes
+    (rank 0 -> 1) into a pre-touched buffer, the same into a new one, then
+    ``single_write(rank=w)`` for ``w`` = 0 (the master) and 1, the writer
+    sharing a pre-touched array and the other rank collecting it.  Ranks >= 2
+    take part in the fences only.  Peak RSS is reset before every fence
+    (``/proc/self/clear_refs``), so a growth is that of one share+collect.
+    Medians over repeats; results on rank 0.
     """
     import numpy as np
 
     rank = WORLD.Get_rank()
     out: list[PayloadResult] = []
     for nbytes in sizes:
-        count = repeats if nbytes <= 10**8 else min(repeats, 3)  # a 1 GB fence takes seconds
-        raw = _raw_transfer(nbytes, count, fresh=False)
-        raw_fresh = _raw_transfer(nbytes, count, fresh=True)
+        count = repeats
         source = np.ones(nbytes, dtype=np.uint8) if rank in (MASTER, CLIENT) else None
-        for writer in (MASTER, CLIENT):
-            reader = CLIENT if writer == MASTER else MASTER
-            times: list[float] = []
-            growth: list[list[float]] = []
-            for repeat in range(count):
-                if source is not None:
-                    source[0] = repeat % 256
-                before = reset_peak_rss()
-                quiet_barrier()
-                start = time.perf_counter()
-                with ctrl.single_write(rank=writer) as fence:
-                    fence.guard()
-                    fence.share(source)
-                if rank == reader:
-                    got = fence.collect()
-                    if got.nbytes != nbytes or got[0] != repeat % 256 or got[-1] != 1:
-                        raise AssertionError(f"collected payload of {nbytes} bytes is wrong")
-                    del got
-                elapsed = time.perf_counter() - start
-                grown = (peak_rss() - before) / nbytes
-                gathered = WORLD.gather((elapsed, grown), root=MASTER) or []
-                if rank == MASTER:
-                    times.append(max(gathered[writer][0], gathered[reader][0]))
-                    growth.append([g for _, g in gathered])
-            if rank == MASTER:
-                per_rank = {r: statistics.median(g[r] for g in growth) for r in range(WORLD.Get_size())}
-                out.append(PayloadResult(nbytes, writer, statistics.median(times), raw, raw_fresh, per_rank))
-        del source
+        target = np.ones(nbytes, dtype=np.uint8) if rank == CLIENT else None
+        raw: list[float] = []
+        fresh: list[float] = []
+        times: dict[int, list[float]] = {MASTER: [], CLIENT: []}
+        growth: dict[int, list[list[float]]] = {MASTER: [], CLIENT: []}
+        for repeat in range(count + 1):  # the first round warms up: pages the process never had cost more
+            raw.append(_raw_transfer(source, target, nbytes))
+            fresh.append(_raw_transfer(source, None, nbytes))
+            for writer in (MASTER, CLIENT):
+                elapsed, grown = _share_collect(ctrl, writer, source, (repeat + writer + 2) % 256)
+                times[writer].append(elapsed)
+                growth[writer].append([g / nbytes for g in grown])
+        raw, fresh = raw[1:], fresh[1:]
+        times = {w: t[1:] for w, t in times.items()}
+        growth = {w: g[1:] for w, g in growth.items()}
+        del source, target
+        if rank == MASTER:
+            for writer in (MASTER, CLIENT):
+                per_rank = {r: statistics.median(g[r] for g in growth[writer]) for r in range(WORLD.Get_size())}
+                median = statistics.median
+                out.append(PayloadResult(nbytes, writer, median(times[writer]), median(raw), median(fresh), per_rank))
     return out
 
 
