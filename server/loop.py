@@ -85,6 +85,8 @@ class Channel:
         idle polls (or once ``REAP_AFTER`` are in flight), so the hot path
         costs one MPI call, and an idle poll at most two.  With ``block``
         false, return at once if another thread is polling this channel.
+        While frames arrive, a poll receives one more message of them and,
+        with ``block`` (the server loop), returns true: poll again at once.
         """
         if not self._lock.acquire(block):
             return False
@@ -94,9 +96,8 @@ class Channel:
             if self._recv.Test(self._status):
                 self._serve_one(self._status.Get_source())
                 return True
-            if self._arriving:  # frames on their way: poll again at once, the copying happens in our Test
-                self._receive_frames()
-                return True
+            if self._arriving:  # the copying happens in our Tests: the server loop polls again at once
+                return self._receive_frames() or block
             if self._sends:
                 self._sends = wire.reap(self._sends)
             return False
@@ -129,8 +130,12 @@ class Channel:
             return
         self._answer(rank, op, seq, arg, aux, payload)
 
-    def _receive_frames(self) -> None:
-        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order."""
+    def _receive_frames(self) -> bool:
+        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order.
+
+        Return whether a request was served.
+        """
+        served = False
         for rank, waiting in list(self._arriving.items()):
             while waiting:
                 (op, seq, arg, aux, nbytes), payload = waiting[0]
@@ -143,10 +148,12 @@ class Channel:
                     del self._arrival[rank]
                     payload = arrival.frames
                 waiting.popleft()
+                served = True
                 if self._answer(rank, op, seq, arg, aux, payload, restart=False):
-                    return
+                    return True
             else:
                 del self._arriving[rank]
+        return served
 
     def _answer(
         self, rank: int, op: int, seq: int, arg: int, aux: int, payload: Payload | None, restart: bool = True
