@@ -25,11 +25,12 @@ import random
 import resource
 import statistics
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mpi4py import MPI
@@ -515,8 +516,34 @@ class PayloadResult:
     """Median seconds of a raw ``Isend``/``Recv`` of ``nbytes`` from rank 0 into a pre-touched buffer on rank 1."""
     raw_fresh: float
     """The same into a newly allocated buffer (what any API that returns a new object must pay at least)."""
-    growth: dict[int, float]
+    growth: dict[int, float] = field(default_factory=dict)
     """Rank -> peak RSS growth during the fence, in payloads (median over repeats)."""
+    other_locks: list[float] = field(default_factory=list)
+    """Rank 2's ``write()`` latencies on another controller during the fences (3+ ranks, writer 1 only)."""
+
+
+class _Locker:
+    """A thread that takes ``ctrl.write()`` in a loop (0.5 ms apart) until stopped, recording the waits."""
+
+    def __init__(self, ctrl: WindowController) -> None:
+        self.latencies: list[float] = []
+        self._ctrl = ctrl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-locker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            with self._ctrl.write():
+                self.latencies.append(time.perf_counter() - start)
+            time.sleep(0.0005)
+
+    def stop(self) -> list[float]:
+        """Stop the loop; return the latencies."""
+        self._stop.set()
+        self._thread.join()
+        return self.latencies
 
 
 def _raw_transfer(source: Any, target: Any, nbytes: int) -> float:
@@ -540,11 +567,14 @@ def _raw_transfer(source: Any, target: Any, nbytes: int) -> float:
     return result
 
 
-def _share_collect(ctrl: WindowController, writer: int, source: Any, mark: int) -> tuple[float, list[float]]:
+def _share_collect(
+    ctrl: WindowController, writer: int, source: Any, mark: int, other: WindowController | None
+) -> tuple[float, list[float], list[float]]:
     """One fence in which ``writer`` shares ``source`` and the other of ranks 0 and 1 collects it.
 
     Returns (on rank 0) the slowest of the two ranks' times from a common
-    start and every rank's peak RSS growth in bytes.
+    start, every rank's peak RSS growth in bytes, and the latencies of rank 2
+    locking controller ``other`` meanwhile (when rank 1 writes and there is a rank 2).
     """
     rank = WORLD.Get_rank()
     reader = CLIENT if writer == MASTER else MASTER
@@ -553,6 +583,7 @@ def _share_collect(ctrl: WindowController, writer: int, source: Any, mark: int) 
     quiet_barrier()  # lets the server free the previous payload first
     before = reset_peak_rss()
     quiet_barrier()
+    locker = _Locker(other) if other is not None and rank == 2 and writer == CLIENT else None
     start = time.perf_counter()
     with ctrl.single_write(rank=writer) as fence:
         fence.guard()
@@ -563,12 +594,17 @@ def _share_collect(ctrl: WindowController, writer: int, source: Any, mark: int) 
             raise AssertionError(f"collected payload of {source.nbytes} bytes is wrong")
         del got
     elapsed = time.perf_counter() - start
+    locks = locker.stop() if locker is not None else []
     del fence  # and with it the collected object it keeps for later collect() calls
     grown = peak_rss() - before
-    gathered = WORLD.gather((elapsed, grown), root=MASTER) or []  # None off the master
+    gathered = WORLD.gather((elapsed, grown, locks), root=MASTER) or []  # None off the master
     if rank != MASTER:
-        return 0.0, []
-    return max(gathered[writer][0], gathered[reader][0]), [g for _, g in gathered]
+        return 0.0, [], []
+    return (
+        max(gathered[writer][0], gathered[reader][0]),
+        [g for _, g, _ in gathered],
+        [wait for *_, waits in gathered for wait in waits],
+    )
 
 
 def phase_payload(ctrl: WindowController, sizes: list[int], repeats: int) -> list[PayloadResult]:
@@ -579,38 +615,47 @@ def phase_payload(ctrl: WindowController, sizes: list[int], repeats: int) -> lis
     (rank 0 -> 1) into a pre-touched buffer, the same into a new one, then
     ``single_write(rank=w)`` for ``w`` = 0 (the master) and 1, the writer
     sharing a pre-touched array and the other rank collecting it.  Ranks >= 2
-    take part in the fences only.  Peak RSS is reset before every fence
-    (``/proc/self/clear_refs``), so a growth is that of one share+collect.
+    take part in the fences only; while rank 1 writes, rank 2 takes the write
+    lock of another controller in a loop (the server must keep answering
+    while a payload arrives).  Peak RSS is reset before every fence
+    (``/proc/self/clear_refs``), so a growth is that of one share+collect
+    (at 2 ranks; with more, the payload a rank >= 2 did not collect is freed
+    during the next fence and offsets the master's figure).
     Medians over repeats; results on rank 0.
     """
     import numpy as np
 
     rank = WORLD.Get_rank()
     out: list[PayloadResult] = []
+    other = sync(WORLD, MASTER) if WORLD.Get_size() > 2 else None
     for nbytes in sizes:
-        count = repeats
         source = np.ones(nbytes, dtype=np.uint8) if rank in (MASTER, CLIENT) else None
         target = np.ones(nbytes, dtype=np.uint8) if rank == CLIENT else None
         raw: list[float] = []
         fresh: list[float] = []
         times: dict[int, list[float]] = {MASTER: [], CLIENT: []}
         growth: dict[int, list[list[float]]] = {MASTER: [], CLIENT: []}
-        for repeat in range(count + 1):  # the first round warms up: pages the process never had cost more
+        locks: list[float] = []
+        for repeat in range(repeats + 1):  # the first round warms up: pages the process never had cost more
             raw.append(_raw_transfer(source, target, nbytes))
             fresh.append(_raw_transfer(source, None, nbytes))
             for writer in (MASTER, CLIENT):
-                elapsed, grown = _share_collect(ctrl, writer, source, (repeat + writer + 2) % 256)
+                elapsed, grown, waits = _share_collect(ctrl, writer, source, (repeat + writer + 2) % 256, other)
                 times[writer].append(elapsed)
                 growth[writer].append([g / nbytes for g in grown])
-        raw, fresh = raw[1:], fresh[1:]
-        times = {w: t[1:] for w, t in times.items()}
-        growth = {w: g[1:] for w, g in growth.items()}
+                if repeat:
+                    locks += waits
         del source, target
         if rank == MASTER:
+            median = statistics.median
             for writer in (MASTER, CLIENT):
-                per_rank = {r: statistics.median(g[r] for g in growth[writer]) for r in range(WORLD.Get_size())}
-                median = statistics.median
-                out.append(PayloadResult(nbytes, writer, median(times[writer]), median(raw), median(fresh), per_rank))
+                per_rank = {r: median(g[r] for g in growth[writer][1:]) for r in range(WORLD.Get_size())}
+                result = PayloadResult(nbytes, writer, median(times[writer][1:]), median(raw[1:]), median(fresh[1:]))
+                result.growth = per_rank
+                result.other_locks = locks if writer == CLIENT else []
+                out.append(result)
+    if other is not None:
+        other.close()
     return out
 
 
@@ -824,12 +869,16 @@ def payload_rows(ctrl: WindowController, scale: float, payload_max: int) -> list
         reader = CLIENT if result.writer == MASTER else MASTER
         who = "0 (master) -> 1" if result.writer == MASTER else "1 -> 0 (master)"
         note = (
-            f"{ratio:.1f}x raw, {result.seconds / result.raw_fresh:.1f}x raw into fresh; peak RSS growth "
+            f"{ratio:.1f}x raw, {result.seconds / result.raw_fresh:.1f}x raw into fresh; peak RSS (VmHWM) growth "
             f"writer {result.growth[result.writer]:.2f}x, reader {result.growth[reader]:.2f}x payload"
         )
         rows.append(
             Row(f"share+collect {size}, writer {who}", result.seconds, "ms", None, "≤ 3x raw", ratio <= 3, note)
         )
+        if result.other_locks:
+            waits = result.other_locks
+            note = f"another controller, while rank 1's {size} arrives; p50 {percentile(waits, 50) * 1e3:.2f} ms"
+            rows.append(Row(f"  rank 2 write() wait, max over {len(waits)}", max(waits), "ms", note=note))
     return rows
 
 
