@@ -120,49 +120,19 @@ class Channel:
             MPI.COMM_WORLD.Abort(70)
             raise
 
-    def _serve_one(self, rank: int) -> None:
-        op, seq, arg, aux, nbytes = self._header.tolist()
-        payload = wire.recv_payload(self.comm, rank, nbytes) if nbytes >= 0 else None
-        if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
-            self._arriving.setdefault(rank, deque()).append(([op, seq, arg, aux, nbytes], payload))
-            self._recv.Start()
-            self._receive_frames()
-            return
-        self._answer(rank, op, seq, arg, aux, payload)
-
-    def _receive_frames(self) -> bool:
-        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order.
-
-        Return whether a request was served.
-        """
-        served = False
-        for rank, waiting in list(self._arriving.items()):
-            while waiting:
-                (op, seq, arg, aux, nbytes), payload = waiting[0]
-                if nbytes < 0:
-                    arrival = self._arrival.get(rank)
-                    if arrival is None:
-                        arrival = self._arrival[rank] = Arrival(self.comm, rank, TAG_REQUEST, -nbytes)
-                    if not arrival.test():
-                        break
-                    del self._arrival[rank]
-                    payload = arrival.frames
-                waiting.popleft()
-                served = True
-                if self._answer(rank, op, seq, arg, aux, payload, restart=False):
-                    return True
-            else:
-                del self._arriving[rank]
-        return served
-
-    def _answer(
-        self, rank: int, op: int, seq: int, arg: int, aux: int, payload: Payload | None, restart: bool = True
-    ) -> bool:
-        """Handle one request and send its replies; return whether the channel finished.
-
-        ``restart``: the request's header receive is to be started again
-        (false for a request whose frames arrived later: it already was).
-        """
+    def _serve_one(self, rank: int, arrived: tuple[list[int], Payload | None] | None = None) -> None:
+        """Serve the request whose header just arrived from ``rank``, or one whose frames have ``arrived``."""
+        if arrived is None:
+            op, seq, arg, aux, nbytes = self._header.tolist()
+            if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
+                payload = wire.recv_payload(self.comm, rank, nbytes) if nbytes > 0 else None
+                self._arriving.setdefault(rank, deque()).append(([op, seq, arg, aux, nbytes], payload))
+                self._recv.Start()
+                self._receive_frames()
+                return
+            payload = wire.recv_payload(self.comm, rank, nbytes)
+        else:
+            (op, seq, arg, aux, _), payload = arrived
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -182,17 +152,42 @@ class Channel:
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
-            if not restart:  # never in practice: a rank's CLOSE waited behind its own frames
+            if arrived is not None:  # never in practice (a rank's CLOSE behind its own frames): the receive is on
                 self._recv.Cancel()
                 self._recv.Wait()
             self._recv.Free()
             self.finished.set()
-            return True
+            return
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
-        if restart:
+        if arrived is None:
             self._recv.Start()
-        return False
+
+    def _receive_frames(self) -> bool:
+        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order.
+
+        Return whether a request was served.
+        """
+        served = False
+        for rank, waiting in list(self._arriving.items()):
+            while waiting:
+                request, payload = waiting[0]
+                if request[-1] < 0:
+                    arrival = self._arrival.get(rank)
+                    if arrival is None:
+                        arrival = self._arrival[rank] = Arrival(self.comm, rank, TAG_REQUEST, -request[-1])
+                    if not arrival.test():
+                        break
+                    del self._arrival[rank]
+                    payload = arrival.frames
+                waiting.popleft()
+                served = True
+                self._serve_one(rank, (request, payload))
+                if self.finished.is_set():
+                    return True
+            else:
+                del self._arriving[rank]
+        return served
 
 
 def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:

@@ -44,12 +44,16 @@ def isend(
 
     Frames go in small messages to the lock server, big ones from it.
     """
-    if isinstance(payload, Frames):
+    if payload is None:
+        nbytes = 0
+    elif isinstance(payload, Frames):
         nbytes = frames.announce(comm, dest, tag, payload, pending)
     else:
-        nbytes = len(payload) if payload else 0
+        nbytes = len(payload)
     header = array("q", (code, seq, arg, aux, nbytes))
     pending.append((comm.Isend([header, MPI.INT64_T], dest, tag), header))
+    if payload is None:
+        return
     if isinstance(payload, Frames):
         frames.isend(comm, dest, payload, pending, frames.SMALL_CHUNK if tag == TAG_REQUEST else frames.BIG_CHUNK)
     elif payload:
