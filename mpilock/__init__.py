@@ -38,7 +38,7 @@ from .types import KeyStats, RankStats, Stats
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from .controller import Lock, WindowController, sync
-    from .dedicated import dedicated
+    from .dedicated_server import dedicated
     from .fence import Fence
 
 __all__ = [
@@ -65,7 +65,7 @@ _LAZY = {
     "Fence": ".fence",
     "Lock": ".controller",
     "WindowController": ".controller",
-    "dedicated": ".dedicated",
+    "dedicated": ".dedicated_server",
     "sync": ".controller",
 }
 """Public names whose modules import ``mpi4py`` (or ``cloudpickle``), by module."""

@@ -24,6 +24,7 @@ from .report import LongWait
 from .server import keys as keyspace
 from .server import wire
 from .server.core import MODES, READ, SLOT, WRITE
+from .server.frames import Payload, joined
 from .server.loop import SERVICE, Channel
 from .server.protocol import Flag, Op, Reply
 from .server.settings import SETTINGS
@@ -287,7 +288,7 @@ class WindowController:
         else:
             area, flags, payload = b"", 0, None
         answer = self._link_call(Op.LOCKS, flags, payload=payload, area=area)
-        return LockTable(pickle.loads(answer.payload or b""))
+        return LockTable(pickle.loads(joined(answer.payload)))
 
     def stats(self) -> Stats:
         """Return per-rank and per-key lock counts, wait-time percentiles and hold times.
@@ -296,7 +297,7 @@ class WindowController:
         far (see :meth:`mpilock.trace.Recorder.stats`); not collective.
         """
         answer = self._link_call(Op.STATS)
-        result: Stats = pickle.loads(answer.payload or b"")
+        result: Stats = pickle.loads(joined(answer.payload))
         return result
 
     # -- acquiring and releasing -------------------------------------------------------
@@ -454,7 +455,9 @@ class WindowController:
     def _holds_default(self) -> bool:
         return keyspace.DEFAULT in self._held
 
-    def _link_call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, area: bytes = b"") -> Answer:
+    def _link_call(
+        self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b""
+    ) -> Answer:
         self._check_use()
         return self._link.call(op, arg, aux, payload, area)
 

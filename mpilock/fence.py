@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
@@ -9,12 +10,51 @@ import cloudpickle
 
 from .errors import FencedSignal, FenceError
 from .nesting import LOCAL, Taken
+from .server import frames
+from .server.frames import Frames, Payload, joined
 from .server.protocol import FenceStatus, Op
 
 if TYPE_CHECKING:
     from .controller import WindowController
 
 _UNSET: Any = object()
+
+OUT_OF_BAND = 1 << 16
+"""Buffers (numpy arrays, ``PickleBuffer``) from this many bytes up travel beside the pickle stream."""
+
+
+def dumps(obj: Any) -> Payload:
+    """Cloudpickle ``obj`` for :meth:`Fence.share`: its big buffers out of band, copied now.
+
+    Returns the pickle bytes if every buffer went in band and they are small;
+    otherwise frames: the pickle stream, then a snapshot of each out-of-band
+    buffer (a later change to ``obj`` does not reach the other ranks).
+    """
+    views: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:  # True: keep it in the stream
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous
+            return True
+        if view.nbytes < OUT_OF_BAND:
+            return True
+        views.append(view)
+        return False
+
+    stream: bytes = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    if not views and len(stream) <= frames.SMALL_CHUNK:
+        return stream
+    return Frames([stream, *(frames.copied(view) for view in views)], owned=True)
+
+
+def loads(payload: Payload | None) -> Any:
+    """Rebuild what :func:`dumps` made; numpy arrays and other buffers use the received frames in place."""
+    if isinstance(payload, Frames):
+        stream, *buffers = payload.buffers
+        return pickle.loads(stream, buffers=buffers)
+    return cloudpickle.loads(payload or b"")
+
 
 Target = TypeVar("Target", covariant=True)
 """What ``with fence as x`` binds ``x`` to."""
@@ -49,8 +89,8 @@ class Fence(Generic[Target]):
         self._inside = False
         self._ended = False
         self._status = FenceStatus.OK_EMPTY
-        self._payload: bytes | None = None
-        self._received: bytes | None = None
+        self._payload: Payload | None = None
+        self._received: Payload | None = None
         """The payload as collected, kept until it unpickled (so a failed collect can be retried)."""
         self._shared: Any = _UNSET
         self._taken: Taken = LOCAL
@@ -64,15 +104,16 @@ class Fence(Generic[Target]):
     def share(self, obj: Any) -> None:
         """On the writer, inside the block: hand ``obj`` to the other ranks.
 
-        ``obj`` is cloudpickled now; an object that cannot be pickled (an open
-        ``h5py.File``, a lock, a socket) raises here, on the writer, and every
-        other rank gets :class:`FenceError`.
+        ``obj`` is cloudpickled now, its big buffers (numpy arrays) copied
+        aside as they are now, to travel without further copies; an object
+        that cannot be pickled (an open ``h5py.File``, a lock, a socket)
+        raises here, on the writer, and every other rank gets :class:`FenceError`.
         """
         if not self.access:
             raise FenceError(f"share() called on rank {self._ctrl.rank}, but only writer rank {self.writer} may share")
         if not self._inside:
             raise FenceError("share() must be called inside the single_write block")
-        self._payload = cloudpickle.dumps(obj)
+        self._payload = dumps(obj)
         self._shared = obj
 
     def collect(self) -> Any:
@@ -95,7 +136,7 @@ class Fence(Generic[Target]):
             answer = self._ctrl._link_call(Op.COLLECT, self.number)
             self._received = answer.payload or b""
         try:
-            self._shared = cloudpickle.loads(self._received)
+            self._shared = loads(self._received)
         except Exception as err:
             cause = f"{type(err).__name__}: {err}"
             raise FenceError(
@@ -136,7 +177,7 @@ class Fence(Generic[Target]):
         self._ended = True
         self._status = FenceStatus(answer.aux)
         if self._status == FenceStatus.FAILED:
-            cause = (answer.payload or b"").decode(errors="replace")
+            cause = joined(answer.payload).decode(errors="replace")
             raise FenceError(f"single_write failed on writer rank {self.writer}: {cause}", self.writer, cause) from exc
         return exc is None or isinstance(exc, FencedSignal)
 
@@ -152,8 +193,9 @@ class Fence(Generic[Target]):
         seq = ctrl._link.send(Op.FENCE_END, self.number, self._status, payload)
         ctrl._release(self._taken)  # free the lock before waiting for the other ranks to arrive
         self._ended = True
-        self._payload = None
+        self._payload = payload = None
         ctrl._link.wait(seq)
+        ctrl._link.reap()  # the server has every frame by now: free their snapshot
         return exc is None or isinstance(exc, FencedSignal)
 
 

@@ -11,6 +11,7 @@ from mpi4py import MPI
 from .errors import DeadlockError, LimitError, MpilockError
 from .server import wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
+from .server.frames import Payload, joined
 from .server.protocol import HEADER, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _NO_CODE = bytes(8)
@@ -31,7 +32,7 @@ class Answer(NamedTuple):
     seq: int
     arg: int
     aux: int
-    payload: bytes | None
+    payload: Payload | None
 
 
 class Watcher:
@@ -73,7 +74,7 @@ class Link:
         op: Op,
         arg: int = 0,
         aux: int = 0,
-        payload: bytes | None = None,
+        payload: Payload | None = None,
         seq: int | None = None,
         area: bytes = b"",
         site: int = 0,
@@ -128,7 +129,7 @@ class Link:
                     refusal = _REFUSALS.get(answer.code)
                     if refusal is not None:
                         error, prefix = refusal
-                        raise error(prefix + (answer.payload or b"").decode(errors="replace"))
+                        raise error(prefix + joined(answer.payload).decode(errors="replace"))
                     if accept is None or answer.code in accept:
                         return answer
                 elif answer.seq == question and watch is not None:
@@ -151,7 +152,7 @@ class Link:
                     watch = watcher(time.monotonic())
             backoff.pause()
 
-    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: bytes | None = None, area: bytes = b"") -> Answer:
+    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b"") -> Answer:
         """Send a request and wait for its reply."""
         answer = self.wait(self.send(op, arg, aux, payload, area=area))
         assert answer is not None  # no deadline
@@ -162,6 +163,10 @@ class Link:
         if not code:
             return None
         return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
+
+    def reap(self) -> None:
+        """Complete the sends that have finished, releasing their buffers (a shared payload's, say)."""
+        self._sends = wire.reap(self._sends)
 
     def finish(self) -> None:
         """Complete every send still in flight (before the communicator is freed)."""

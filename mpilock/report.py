@@ -16,6 +16,7 @@ import pickle
 import time
 
 from .link import Answer, Link, Watcher
+from .server.frames import joined
 from .server.protocol import Flag, Op
 from .table import LockTable
 
@@ -47,7 +48,7 @@ class LongWait(Watcher):
     def answered(self, answer: Answer) -> None:
         """Log the table; the next report is due after twice the wait so far."""
         waited = time.monotonic() - self.start
-        table = LockTable(pickle.loads(answer.payload or b""))
+        table = LockTable(pickle.loads(joined(answer.payload)))
         log.warning(
             "rank %d has waited %.1f s for %s; the lock server's view:\n%s", self.rank, waited, self.what, table
         )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterable, Iterator
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import keys as keyspace
 from .deadlock import Node, WaitGraph, describe_cycle
@@ -39,9 +39,12 @@ from .fences import FenceBook
 from .locks import LAST, MODES, READ, SLOT, WRITE, KeyState, Request
 from .protocol import FenceStatus, Flag, Op, Reply
 
+if TYPE_CHECKING:
+    from .frames import Payload  # a type only: the core imports no MPI
+
 __all__ = ["MODES", "READ", "SLOT", "WRITE", "KeyState", "LockCore", "ProtocolError", "Request", "Send"]
 
-Handler = Callable[[int, int, int, int, "bytes | None", "tuple[bytes, ...]", int, float, list[Send]], None]
+Handler = Callable[[int, int, int, int, "Payload | None", "tuple[bytes, ...]", int, float, list[Send]], None]
 """``handler(rank, seq, arg, aux, payload, keys, site, now, out)``: apply one request, append replies to ``out``."""
 
 _DEFAULT_KEYS = (keyspace.DEFAULT,)
@@ -133,7 +136,7 @@ class LockCore:
         seq: int,
         arg: int = 0,
         aux: int = 0,
-        payload: bytes | None = None,
+        payload: Payload | None = None,
         keys: tuple[bytes, ...] = _DEFAULT_KEYS,
         site: int = 0,
         now: float = 0.0,
@@ -161,7 +164,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -175,7 +178,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -192,7 +195,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -208,7 +211,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -225,7 +228,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -247,7 +250,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -262,7 +265,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -276,7 +279,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -290,7 +293,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -304,13 +307,13 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
         out: list[Send],
     ) -> None:
-        self.sites[(rank, arg)] = (payload or b"").decode(errors="replace")
+        self.sites[(rank, arg)] = payload.decode(errors="replace") if isinstance(payload, bytes) else "?"
 
     def _on_hello(
         self,
@@ -318,7 +321,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -332,7 +335,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -471,7 +474,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,
@@ -664,7 +667,7 @@ class LockCore:
         seq: int,
         arg: int,
         aux: int,
-        payload: bytes | None,
+        payload: Payload | None,
         keys: tuple[bytes, ...],
         site: int,
         now: float,

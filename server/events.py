@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .protocol import Reply
+
+if TYPE_CHECKING:
+    from .frames import Payload
 
 
 class ProtocolError(Exception):
@@ -19,4 +22,4 @@ class Send(NamedTuple):
     seq: int
     arg: int = 0
     aux: int = 0
-    payload: bytes | None = None
+    payload: Payload | None = None

@@ -26,9 +26,13 @@ the last two fences) are ever stored, however many fences go uncollected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .events import ProtocolError, Send
 from .protocol import FenceStatus, Reply
+
+if TYPE_CHECKING:
+    from .frames import Payload
 
 
 @dataclass
@@ -36,8 +40,17 @@ class FenceRecord:
     """What the writer of one fence left behind."""
 
     status: FenceStatus
-    payload: bytes | None
+    payload: Payload | None
+    """Bytes, or frames (a pickle stream and its out-of-band buffers)."""
     pending: set[int] = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the payload, every frame included."""
+        payload = self.payload
+        if payload is None:
+            return 0
+        return len(payload) if isinstance(payload, bytes) else payload.nbytes
 
 
 class FenceBook:
@@ -58,8 +71,11 @@ class FenceBook:
         """Fence -> ranks that left it with an error of their own before it ended."""
 
     def stored_bytes(self) -> int:
-        """Total size of the payloads and error texts still stored (safe to call from another thread)."""
-        return sum(len(r.payload or b"") for r in list(self.records.values()))
+        """Total size of the payloads (out-of-band buffers included) and error texts still stored.
+
+        Safe to call from another thread.
+        """
+        return sum(r.nbytes for r in list(self.records.values()))
 
     def advance(self, rank: int, fence: int) -> list[Send]:
         """Note that ``rank`` reached ``fence``; it can no longer collect older ones."""
@@ -69,7 +85,7 @@ class FenceBook:
                 self._done_with(number, rank)
         return self._finish(fence)
 
-    def end(self, rank: int, seq: int, fence: int, status: FenceStatus, payload: bytes | None) -> list[Send]:
+    def end(self, rank: int, seq: int, fence: int, status: FenceStatus, payload: Payload | None) -> list[Send]:
         """Store the outcome of ``fence`` whose writer ``rank`` finished; it waits for the others."""
         if fence <= self.last_ended:
             raise ProtocolError(f"fence {fence} ended twice (second time by rank {rank})")
@@ -101,7 +117,10 @@ class FenceBook:
             text = f"fence {fence} has no payload left for rank {rank}".encode()
             return [Send(rank, Reply.ERROR, seq, fence, 0, text)]
         self._done_with(fence, rank)
-        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, record.payload)]
+        payload = record.payload
+        if fence not in self.records and payload is not None and not isinstance(payload, bytes):
+            payload.owned = True  # its last use: a receiver in this process may keep the frames
+        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, payload)]
 
     def _finish(self, fence: int) -> list[Send]:
         """Answer everyone parked at ``fence`` once it ended and all ranks arrived."""

@@ -14,6 +14,7 @@ import pickle
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
 from .deadlock import WaitGraph
 from .events import ProtocolError, Send
+from .frames import Arrival, Payload
 from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
 
@@ -35,6 +37,8 @@ _KEYED = frozenset(int(op) for op in KEYED)
 _NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
 _DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
 _HEADER_SIZE = HEADER.size
+Request = tuple[int, int, int, int, int, int, bytes]
+"""A request whose payload is still arriving: ``(op, seq, arg, aux, nbytes, site, key area)``."""
 
 SWITCH_INTERVAL = SETTINGS.switch_interval
 """GIL switch interval (seconds) the master uses while its server thread runs; 0 leaves it alone.
@@ -88,6 +92,10 @@ class Channel:
         """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
         self._recv.Start()
         self._sends: wire.Pending = []
+        self._arriving: dict[int, deque[tuple[Request, Payload | None]]] = {}
+        """Per rank, requests waiting for their frames (the first) or behind them, with any plain payload."""
+        self._arrival: dict[int, Arrival] = {}
+        """Per rank, the frames being received for its first waiting request."""
         self._lock = lock if lock is not None else threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
 
@@ -98,6 +106,8 @@ class Channel:
         idle polls (or once ``REAP_AFTER`` are in flight), so the hot path
         costs one MPI call, and an idle poll at most two.  With ``block``
         false, return at once if another thread is polling this channel.
+        While frames arrive, a poll receives one more message of them and,
+        with ``block`` (the server loop), returns true: poll again at once.
         """
         if not self._lock.acquire(block):
             return False
@@ -109,6 +119,8 @@ class Channel:
             if self._recv.Test(self._status):
                 self._serve_one(self._status.Get_source())
                 return True
+            if self._arriving:  # the copying happens in our Tests: the server loop polls again at once
+                return self._receive_frames() or block
             if self._sends:
                 self._sends = wire.reap(self._sends)
             return False
@@ -149,11 +161,22 @@ class Channel:
                 self._sends,
             )
 
-    def _serve_one(self, rank: int) -> None:
-        op, seq, arg, aux, nbytes, site = HEADER.unpack_from(self._buffer)
-        length = self._status.Get_count(MPI.BYTE)
-        area = bytes(self._view[_HEADER_SIZE:length]) if length > _HEADER_SIZE else b""
-        payload = wire.recv_payload(self.comm, rank, nbytes)
+    def _serve_one(self, rank: int, arrived: tuple[Request, Payload | None] | None = None) -> None:
+        """Serve the request whose header just arrived from ``rank``, or one whose frames have ``arrived``."""
+        if arrived is None:
+            op, seq, arg, aux, nbytes, site = HEADER.unpack_from(self._buffer)
+            length = self._status.Get_count(MPI.BYTE)
+            area = bytes(self._view[_HEADER_SIZE:length]) if length > _HEADER_SIZE else b""
+            if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
+                payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST) if nbytes > 0 else None
+                request = (op, seq, arg, aux, nbytes, site, area)
+                self._arriving.setdefault(rank, deque()).append((request, payload))
+                self._recv.Start()
+                self._receive_frames()
+                return
+            payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST)
+        else:
+            (op, seq, arg, aux, _, site, area), payload = arrived
         if op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -177,12 +200,42 @@ class Channel:
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
+            if arrived is not None:  # never in practice (a rank's CLOSE behind its own frames): the receive is on
+                self._recv.Cancel()
+                self._recv.Wait()
             self._recv.Free()
             self.finished.set()
             return
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
-        self._recv.Start()
+        if arrived is None:
+            self._recv.Start()
+
+    def _receive_frames(self) -> bool:
+        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order.
+
+        Return whether a request was served.
+        """
+        served = False
+        for rank, waiting in list(self._arriving.items()):
+            while waiting:
+                request, payload = waiting[0]
+                if request[4] < 0:  # nbytes: this one has frames
+                    arrival = self._arrival.get(rank)
+                    if arrival is None:
+                        arrival = self._arrival[rank] = Arrival(self.comm, rank, TAG_REQUEST, -request[4])
+                    if not arrival.test():
+                        break
+                    del self._arrival[rank]
+                    payload = arrival.frames
+                waiting.popleft()
+                served = True
+                self._serve_one(rank, (request, payload))
+                if self.finished.is_set():
+                    return True
+            else:
+                del self._arriving[rank]
+        return served
 
 
 def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:

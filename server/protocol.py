@@ -6,7 +6,8 @@ the *key area* (at most ``KEY_AREA`` bytes; empty for the controller's
 default lock).  A reply is the header alone on ``TAG_REPLY``.  When
 ``nbytes > 0`` a byte message of that length follows from the same sender on
 ``TAG_PAYLOAD`` (cloudpickle bytes, an error text, or a key area too long to
-travel inline).
+travel inline); ``nbytes < 0`` announces ``-nbytes`` frames on ``TAG_FRAMES``
+instead (a pickle stream and its out-of-band buffers, :mod:`.frames`).
 
 The key area of a lock request holds one encoded key (:mod:`.keys`), or with
 :data:`Flag.MULTI` a list of them, each prefixed by its length as two bytes.
@@ -31,6 +32,8 @@ KEY_LENGTH = struct.Struct("<H")
 TAG_REQUEST = 11
 TAG_REPLY = 12
 TAG_PAYLOAD = 13
+TAG_FRAMES = 14
+"""Frame tables and frames of multi-frame payloads (header ``nbytes < 0``, see :mod:`.frames`)."""
 
 
 class Op(IntEnum):

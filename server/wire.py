@@ -2,8 +2,8 @@
 
 A message is a :data:`~.protocol.HEADER` (``code, seq, arg, aux, nbytes,
 site``) plus, for requests, the key area; when ``nbytes > 0``, a byte message
-of that length follows on ``TAG_PAYLOAD`` from the same sender (see
-:mod:`.protocol`).
+of that length follows on ``TAG_PAYLOAD`` from the same sender; when
+``nbytes < 0``, ``-nbytes`` frames (see :mod:`.protocol`, :mod:`.frames`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 from mpi4py import MPI
 
-from . import keys
-from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, Flag
+from . import frames, keys
+from .frames import Frames, Payload
+from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Flag
 
 Pending = list[tuple[MPI.Request, Any]]
 """Sends in flight, each with the buffer MPI may still read."""
@@ -42,7 +43,7 @@ def isend(
     seq: int,
     arg: int,
     aux: int,
-    payload: bytes | None,
+    payload: Payload | None,
     pending: Pending,
     area: bytes = b"",
     site: int = 0,
@@ -50,13 +51,23 @@ def isend(
     """Start sending one message to ``dest`` (the header and ``area`` on ``tag``); add its sends to ``pending``.
 
     ``area`` must fit :data:`~.protocol.KEY_AREA` (see :func:`key_area`).
+    Frames go in small messages to the lock server, big ones from it.
     """
-    nbytes = len(payload) if payload else 0
+    if payload is None:
+        nbytes = 0
+    elif isinstance(payload, Frames):
+        nbytes = frames.announce(comm, dest, tag, payload, pending)
+    else:
+        nbytes = len(payload)
     message = HEADER.pack(code, seq, arg, aux, nbytes, site)
     if area:
         message += area
     pending.append((comm.Isend([message, MPI.BYTE], dest, tag), message))
-    if payload:
+    if payload is None:
+        return
+    if isinstance(payload, Frames):
+        frames.isend(comm, dest, payload, pending, frames.SMALL_CHUNK if tag == TAG_REQUEST else frames.BIG_CHUNK)
+    elif payload:
         pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
 
 
@@ -72,10 +83,10 @@ def key_area(encoded: tuple[bytes, ...], flags: int) -> tuple[bytes, int, bytes 
     return b"", flags | _KEYS_IN_PAYLOAD, area
 
 
-def request_keys(arg: int, area: bytes, payload: bytes | None) -> tuple[bytes, ...]:
+def request_keys(arg: int, area: bytes, payload: Payload | None) -> tuple[bytes, ...]:
     """Decode the keys of a request from its flags, key area and payload (inverse of :func:`key_area`)."""
     if arg & _KEYS_IN_PAYLOAD:
-        area = payload or b""
+        area = frames.joined(payload)
     if arg & _MULTI:
         return keys.unpack(area)
     return (area,)
@@ -89,10 +100,15 @@ def reap(pending: Pending) -> Pending:
     return [p for p in pending if p[0] != MPI.REQUEST_NULL]
 
 
-def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int) -> bytes | None:
-    """Receive the payload announced by a header from ``source`` (``None`` if there is none)."""
+def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int, tag: int = TAG_REPLY) -> Payload | None:
+    """Receive the payload announced by a header from ``source`` on ``tag`` (``None`` if there is none).
+
+    Blocks until it is here, frames included.
+    """
     if not nbytes:
         return None
+    if nbytes < 0:
+        return frames.recv(comm, source, tag, -nbytes)
     buf = bytearray(nbytes)
     comm.Recv([buf, MPI.BYTE], source, TAG_PAYLOAD)
     return bytes(buf)

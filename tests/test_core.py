@@ -204,3 +204,40 @@ def test_close_waits_for_every_rank_and_frees_locks():
     assert core.closed
     with pytest.raises(ProtocolError):
         core.handle(0, Op.READ, 3)
+
+
+def test_frame_payloads_count_whole_and_the_last_collect_may_keep_them():
+    from mpilock.server.frames import Frames
+
+    core = LockCore(3)
+    payload = Frames([b"stream", bytes(1000), bytearray(500)])
+    core.handle(0, Op.FENCE_BEGIN, 1, 0)
+    core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, payload)
+    core.handle(0, Op.RELEASE, 3)
+    for rank in (1, 2):
+        core.handle(rank, Op.FENCE_WAIT, 1, 0)
+    assert core.fences.stored_bytes() == 6 + 1000 + 500
+    first = core.handle(2, Op.COLLECT, 2, 0)
+    assert first[0].payload is payload and not payload.owned  # rank 1 may still collect it
+    assert core.fences.stored_bytes() == 1506
+    last = core.handle(1, Op.COLLECT, 2, 0)
+    assert last[0].payload is payload and payload.owned  # its last use: a receiver in this process may keep it
+    assert core.fences.stored_bytes() == 0
+
+
+def test_uncollected_frame_payloads_do_not_pile_up_and_are_not_given_away():
+    from mpilock.server.frames import Frames
+
+    size, sent = 3, []
+    core = LockCore(size)
+    peak = 0
+    for fence in range(20):
+        sent.append(Frames([b"s", bytes(100_000)]))
+        core.handle(1, Op.FENCE_BEGIN, 1, fence)
+        core.handle(1, Op.FENCE_END, 2, fence, FenceStatus.OK_PAYLOAD, sent[-1])
+        core.handle(1, Op.RELEASE, 3)
+        for rank in (0, 2):
+            core.handle(rank, Op.FENCE_WAIT, 1, fence)
+        peak = max(peak, core.fences.stored_bytes())
+    assert 100_001 <= peak <= 2 * 100_001
+    assert not any(f.owned for f in sent)  # dropped without a collect: nobody was handed them
