@@ -37,6 +37,7 @@ _KEYED = frozenset(int(op) for op in KEYED)
 _NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
 _DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
 _HEADER_SIZE = HEADER.size
+_MAIN = threading.main_thread()
 Request = tuple[int, int, int, int, int, int, bytes]
 """A request whose payload is still arriving: ``(op, seq, arg, aux, nbytes, site, key area)``."""
 
@@ -135,7 +136,14 @@ class Channel:
         thread and back (~35 µs per lock on the master, measured).  A
         failure while serving aborts the job, as in the server thread: the
         channel would be left without a posted receive and every rank would hang.
+
+        Never in the main thread: Python runs signal handlers there, between
+        any two bytecodes, and an exception one raises (``KeyboardInterrupt``,
+        a timeout alarm) in the middle of serving would leave the channel
+        broken.  The main thread's waits leave the serving to the server thread.
         """
+        if threading.current_thread() is _MAIN:
+            return False
         try:
             return self.poll(False)
         except BaseException:

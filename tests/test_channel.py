@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 from mpi4py import MPI
@@ -12,20 +13,40 @@ from mpilock.server.loop import Channel
 from mpilock.server.protocol import Op, Reply
 
 
+def in_a_thread(function):
+    """Run ``function`` in a thread other than the main one (help() never serves in the main thread)."""
+    result, errors = [], []
+
+    def run():
+        try:
+            result.append(function())
+        except BaseException as err:  # reported by the test
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "hung"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 def test_a_waiting_client_serves_its_request_without_a_server_thread():
     comm = MPI.COMM_SELF.Dup()
     channel = Channel(comm)  # never added to the service loop: no server thread polls it
     link = Link(comm, 0, channel.help)
     try:
         seq = link.send(Op.WRITE)
+        assert channel.help() is False  # never in the main thread: a signal handler's exception could strike
         with channel._lock:  # as if the server thread were polling: help() must not wait for it
-            assert channel.help() is False
-        answer = link.wait(seq, deadline=time.monotonic() + 10)
+            assert in_a_thread(channel.help) is False
+        answer = in_a_thread(lambda: link.wait(seq, deadline=time.monotonic() + 10))
         assert answer is not None and answer.code == Reply.GRANTED and answer.seq == seq
         assert channel.core.holds(0) and channel.core.state().write_hold[0] == seq
 
         link.send(Op.RELEASE)
-        answer = link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10)
+        answer = in_a_thread(lambda: link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10))
         assert answer is not None and answer.code == Reply.CLOSED
         assert not channel.core.holds(0)  # the release was served before the close
         assert channel.finished.is_set()

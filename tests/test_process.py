@@ -96,11 +96,13 @@ def test_uncaught_exception_without_mpi4py_runner_aborts_instead_of_hanging(tmp_
     ],
 )
 def test_a_failure_inside_the_server_aborts_instead_of_hanging(where, silence, message):
-    # The master's own wait serves requests too (Channel.help): a bug there must end the job like one in
+    # The master's own waits (in threads other than the main one) serve requests too (Channel.help): a bug
+    # there must end the job like one in
     # the server thread, since the channel's receive would be left unposted and every rank would hang.
     # `silence` stops the other poller, so the request is served where the test says.
     result = run(
         f"""
+        import threading
         import time
         import mpilock
         from mpilock.server import loop
@@ -111,9 +113,15 @@ def test_a_failure_inside_the_server_aborts_instead_of_hanging(where, silence, m
 
         {silence}
         LockCore.handle = broken
-        ctrl = mpilock.sync()
-        with ctrl.write():
-            print("granted")
+
+        def work():  # not the main thread: only other threads' waits serve requests
+            ctrl = mpilock.sync()
+            with ctrl.write():
+                print("granted")
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
         """
     )
     assert result.returncode != 0, where
