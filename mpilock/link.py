@@ -14,7 +14,7 @@ from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Payload, joined
 from .server.protocol import HEADER, TAG_REPLY, TAG_REQUEST, Op, Reply
 
-_NO_CODE = bytes(8)
+_NO_CODE = bytes(8)  # the code word of a header that never arrived
 _REPLIES = {int(r): r for r in Reply}
 """Reply codes to members, a dict lookup: ``Reply(code)`` costs ~0.2 µs."""
 _REFUSALS: dict[Reply, tuple[type[MpilockError], str]] = {
@@ -159,7 +159,7 @@ class Link:
         return answer
 
     def _take(self) -> Answer | None:
-        code, seq, arg, aux, nbytes, _ = HEADER.unpack_from(self._header)
+        code, seq, arg, aux, nbytes, _, _ = HEADER.unpack_from(self._header)
         if not code:
             return None
         return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))

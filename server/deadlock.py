@@ -114,7 +114,13 @@ class WaitGraph:
 
     def holds_anything(self, node: Node) -> bool:
         """Whether the thread ``node`` holds a lock in any core."""
-        return any(core.held[rank] for core, rank in self._members.get(node, ()))
+        members = self._members.get(node)
+        if members is None:
+            return False
+        if len(members) == 1:
+            core, rank = members[0]
+            return core.held[rank] > 0
+        return any(core.held[rank] for core, rank in members)
 
     def edges(self, node: Node, hard: bool = False) -> Iterator[Edge]:
         """Yield the waits of ``node``'s queued request (holders only if ``hard``; it waits in one place at a time)."""

@@ -172,9 +172,8 @@ class Channel:
     def _serve_one(self, rank: int, arrived: tuple[Request, Payload | None] | None = None) -> None:
         """Serve the request whose header just arrived from ``rank``, or one whose frames have ``arrived``."""
         if arrived is None:
-            op, seq, arg, aux, nbytes, site = HEADER.unpack_from(self._buffer)
-            length = self._status.Get_count(MPI.BYTE)
-            area = bytes(self._view[_HEADER_SIZE:length]) if length > _HEADER_SIZE else b""
+            op, seq, arg, aux, nbytes, site, length = HEADER.unpack_from(self._buffer)
+            area = bytes(self._view[_HEADER_SIZE : _HEADER_SIZE + length]) if length else b""
             if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
                 payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST) if nbytes > 0 else None
                 request = (op, seq, arg, aux, nbytes, site, area)

@@ -1,9 +1,9 @@
 """Wire protocol of the lock server: every tag, opcode, flag and size lives here.
 
 A request is one byte message on ``TAG_REQUEST``: a header of ``HEADER_LEN``
-little-endian int64 words ``[code, seq, arg, aux, nbytes, site]`` followed by
-the *key area* (at most ``KEY_AREA`` bytes; empty for the controller's
-default lock).  A reply is the header alone on ``TAG_REPLY``.  When
+little-endian int64 words ``[code, seq, arg, aux, nbytes, site, keys]``
+followed by the *key area* of ``keys`` bytes (at most ``KEY_AREA``; none for
+the controller's default lock).  A reply is the header alone on ``TAG_REPLY``.  When
 ``nbytes > 0`` a byte message of that length follows from the same sender on
 ``TAG_PAYLOAD`` (cloudpickle bytes, an error text, or a key area too long to
 travel inline); ``nbytes < 0`` announces ``-nbytes`` frames on ``TAG_FRAMES``
@@ -18,10 +18,10 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-HEADER_LEN = 6
+HEADER_LEN = 7
 """Number of int64 words in every header."""
 HEADER = struct.Struct(f"<{HEADER_LEN}q")
-"""Layout of the header: ``code, seq, arg, aux, nbytes, site``."""
+"""Layout of the header: ``code, seq, arg, aux, nbytes, site, keys`` (the length of the key area)."""
 MAX_MESSAGE = 256
 """Largest request message; the server's receive buffer has this size."""
 KEY_AREA = MAX_MESSAGE - HEADER.size

@@ -1,7 +1,7 @@
 """Framing of one message on the private communicator, for both ends.
 
 A message is a :data:`~.protocol.HEADER` (``code, seq, arg, aux, nbytes,
-site``) plus, for requests, the key area; when ``nbytes > 0``, a byte message
+site, keys``) plus, for requests, the key area; when ``nbytes > 0``, a byte message
 of that length follows on ``TAG_PAYLOAD`` from the same sender; when
 ``nbytes < 0``, ``-nbytes`` frames (see :mod:`.protocol`, :mod:`.frames`).
 """
@@ -59,9 +59,10 @@ def isend(
         nbytes = frames.announce(comm, dest, tag, payload, pending)
     else:
         nbytes = len(payload)
-    message = HEADER.pack(code, seq, arg, aux, nbytes, site)
     if area:
-        message += area
+        message = HEADER.pack(code, seq, arg, aux, nbytes, site, len(area)) + area
+    else:
+        message = HEADER.pack(code, seq, arg, aux, nbytes, site, 0)
     pending.append((comm.Isend([message, MPI.BYTE], dest, tag), message))
     if payload is None:
         return
