@@ -46,8 +46,10 @@ def lock_still_works(ctrl, *keys):
         pass
 
 
-@pytest.mark.parametrize("error", [Interrupted, KeyboardInterrupt])
-@pytest.mark.parametrize("kind", ["write", "read", "multi"])
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("write", Interrupted), ("write", KeyboardInterrupt), ("read", KeyboardInterrupt), ("multi", Interrupted)],
+)
 @mpi(min_ranks=2)
 def test_an_exception_during_the_wait_withdraws_the_request(ctrl, mpi_ranks, kind, error):
     keys = ("a", "b") if kind == "multi" else ()
