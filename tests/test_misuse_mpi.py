@@ -120,7 +120,7 @@ def test_close_leaves_no_server_thread_behind(mpi_ranks):
 
 
 @mpi()
-def test_an_unwritable_trace_fails_at_creation_on_every_rank(mpi_ranks, tmp_path):
+def test_an_unwritable_trace_fails_at_creation_on_every_rank(mpi_ranks):
     with pytest.raises(ValueError, match="trace file"):
         mpilock.sync(trace="/nonexistent/dir/t.json")
     with mpilock.sync() as ctrl:  # nothing was left half-made
