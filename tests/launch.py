@@ -50,12 +50,17 @@ def is_hydra() -> bool:
     return "--oversubscribe" not in mpiexec()
 
 
-def run(command: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess[str] | None:
-    """Run ``command`` in its own process group; on timeout kill the whole group and return None."""
+def run(
+    command: list[str], timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str] | None:
+    """Run ``command`` in its own process group (with ``env`` added to :func:`environment`).
+
+    On timeout kill the whole group and return None.
+    """
     process = subprocess.Popen(
         command,
         cwd=cwd,
-        env=environment(),
+        env={**environment(), **(env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
