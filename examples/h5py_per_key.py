@@ -2,7 +2,9 @@
 
 Run it under MPI with any number of ranks::
 
-    mpiexec -n 4 python -m mpi4py examples/h5py_per_key.py [DIR] [--trials T] [--categories C]
+    mpiexec -n 4 python -m mpi4py examples/h5py_per_key.py [DIR] [--trials T] [--categories C] [--trace T.json]
+
+(then ``python -m mpilock.plot T.json`` draws the timeline coloured by key).
 
 1. Every rank runs trials; each result belongs to a category and is appended
    as one row to that category's file ``cat-C.h5`` under
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", "-t", type=int, default=20, help="trials per rank (default: 20)")
     parser.add_argument("--categories", "-c", type=int, default=5, help="category files (default: 5)")
     parser.add_argument("--work-ms", type=float, default=1.0, help="simulated work per trial (default: 1 ms)")
+    parser.add_argument("--trace", default=None, help="write a Chrome trace of the locks to this JSON file")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
-    ctrl = mpilock.sync(comm)
+    ctrl = mpilock.sync(comm, trace=args.trace)
     rank, size, trials, categories = ctrl.rank, ctrl.size, args.trials, args.categories
 
     with ctrl.single_write() as fence:  # rank 0 picks the directory and clears files of an earlier run
