@@ -198,6 +198,7 @@ def test_timeouts_withdraw_per_key(ctrl, mpi_ranks):
             assert sorted(table) == ["'busy'", "bounded 'slots'"]  # nothing of 'free' is left
             assert all(e["waiters"] == [] for e in table.values())  # every request was withdrawn
             assert all([h["rank"] for h in e["holders"]] == [0] for e in table.values())
+            COMM.barrier()  # checked: the others may queue now
     else:
         COMM.barrier()
         attempts = [
@@ -214,6 +215,7 @@ def test_timeouts_withdraw_per_key(ctrl, mpi_ranks):
                     pytest.fail("granted a lock that rank 0 holds")
             with ctrl.write("free", timeout=10):  # another key stays usable
                 pass
+        COMM.barrier()
         COMM.barrier()
     with ctrl.write("busy", timeout=10), ctrl.bounded("slots", 1, timeout=10), ctrl.write("free", timeout=10):
         pass  # free again once rank 0 let go
@@ -347,6 +349,7 @@ def test_stats_locks_and_trace_name_the_keys(mpi_ranks):
         pass
     COMM.barrier()
     stats = ctrl.stats()
+    COMM.barrier()  # before rank 0 takes 'shown'
     shown = ""
     if rank == 0:
         with ctrl.write("shown"):  # site: holder
