@@ -6,6 +6,7 @@ import pickle
 from mpilock.link import Answer
 from mpilock.report import LongWait
 from mpilock.server.protocol import Reply
+from mpilock.table import LockTable
 
 TABLE = [
     {
@@ -44,3 +45,20 @@ def test_a_plain_text_still_works(caplog):
         watch.answered(Answer(Reply.PAYLOAD, 1, 0, 0, pickle.dumps([])))
     assert "for read 'b' (asked at ?)" in caplog.records[0].getMessage()
     assert "no lock is held or awaited" in caplog.records[0].getMessage()
+
+
+def test_the_table_names_a_bounded_key_and_its_limit_once():
+    table = LockTable(
+        [
+            {
+                "key": "bounded 'fs'",
+                "limit": 2,
+                "holders": [{"rank": 3, "mode": "slot", "held": 0.25, "site": "io.py:7"}],
+                "waiters": [{"rank": 0, "mode": "slot", "waited": 61.0, "site": "io.py:7", "keys": ["bounded 'fs'"]}],
+            }
+        ]
+    )
+    lines = str(table).splitlines()
+    assert lines[2].startswith("bounded 'fs' (limit 2)  holds")
+    assert lines[2].split()[4:] == ["holds", "rank", "3", "slot", "250.0", "ms", "io.py:7"]
+    assert lines[3].split() == ["queued", "#1", "rank", "0", "slot", "61.0", "s", "io.py:7"]
