@@ -285,7 +285,6 @@ def plot_timeline(
             fontsize="small",
             title="key colours: most total wait first\n(a read hold is a lighter shade)",
             title_fontsize="small",
-            alignment="left",
         )
     ax.set_title(title or "mpilock lock timeline", loc="left")
     fig.tight_layout()
