@@ -463,61 +463,58 @@ def phase_keyed(ctrl: WindowController, repeats: int, count: int) -> dict[str, f
     return result
 
 
-def phase_sites(ctrl: WindowController, repeats: int, count: int) -> dict[str, float]:
+def phase_sites(ctrl: WindowController, pairs: int, count: int) -> dict[str, float]:
     """Measure what acquire sites cost rank 1's uncontended ``write(key)``: the loop with sites on and off.
 
-    ``MPILOCK_SITES`` is read at import, so the phase switches the setting
-    the controller reads (``mpilock.controller.SETTINGS``, replaced with
-    :func:`dataclasses.replace`) on every rank between loops; each repeat
-    runs both, in a random order, and ``"cost"`` is the median over repeats
-    of on/off - 1 (a pair shares the machine's state).  Also ``"site()"``:
-    the mean cost of one ``ctrl._site()`` call for a site seen before (what
-    each lock call pays for it), timed on its own.
+    ``MPILOCK_SITES`` is read at import, so rank 1 (the only rank that locks
+    here; the others nap in a barrier) switches the setting its controller
+    reads, ``mpilock.controller.SETTINGS``, replaced with
+    :func:`dataclasses.replace`, between loops of ``count`` locks: ``pairs``
+    pairs of loops, on and off in a random order.  ``"cost"`` is the median
+    over pairs of on/off - 1 (a pair shares the machine's state), with its
+    quartiles ``"cost_p25"`` and ``"cost_p75"``.  Also
+    ``"site()"``: the mean cost of one ``ctrl._site()`` call for a site seen
+    before (what each lock call pays for it), timed on its own.
     """
     rank = WORLD.Get_rank()
-    order = random.Random(4)
-    namespace = vars(controller_module)  # the controller reads its module's SETTINGS on every lock call
-    settings = namespace["SETTINGS"]
-    means: dict[bool, list[float]] = {True: [], False: []}
-    try:
-        for repeat in range(repeats + 1):  # the first round warms up
-            states = [True, False]
-            order.shuffle(states)
-            for state in states:
-                namespace["SETTINGS"] = dataclasses.replace(settings, sites=state)
-                quiet_barrier()
-                if rank == CLIENT:
-                    timed_ops(lambda: ctrl.write("bench/sites"), max(5, count // 10))
-                    mean = timed_ops(lambda: ctrl.write("bench/sites"), count)
-                    if repeat:
-                        means[state].append(mean)
-                quiet_barrier()
-        namespace["SETTINGS"] = dataclasses.replace(settings, sites=True)
-        call = 0.0
-        if rank == CLIENT:
+    result: dict[str, float] | None = None
+    quiet_barrier()
+    if rank == CLIENT:
+        order = random.Random(4)
+        namespace = vars(controller_module)  # the controller reads its module's SETTINGS on every lock call
+        settings = namespace["SETTINGS"]
+        means: dict[bool, list[float]] = {True: [], False: []}
+        try:
+            timed_ops(lambda: ctrl.write("bench/sites"), count)  # warm up
+            for _ in range(pairs):
+                states = [True, False]
+                order.shuffle(states)
+                for state in states:
+                    namespace["SETTINGS"] = dataclasses.replace(settings, sites=state)
+                    means[state].append(timed_ops(lambda: ctrl.write("bench/sites"), count))
+            namespace["SETTINGS"] = dataclasses.replace(settings, sites=True)
             site = ctrl._site
             site()  # named to the server once
             calls: list[float] = []
-            for _ in range(repeats):
+            for _ in range(pairs):
                 start = time.perf_counter()
                 for _ in range(count):
                     site()
                 calls.append((time.perf_counter() - start) / count)
-            call = statistics.median(calls)
-    finally:
-        namespace["SETTINGS"] = settings
-    result: dict[str, float] = share(
-        {
+        finally:
+            namespace["SETTINGS"] = settings
+        costs = [on / off - 1 for on, off in zip(means[True], means[False], strict=True)]
+        low, _, high = statistics.quantiles(costs, n=4)
+        result = {
             "on": statistics.median(means[True]),
             "off": statistics.median(means[False]),
-            "cost": statistics.median(on / off - 1 for on, off in zip(means[True], means[False], strict=True)),
-            "site()": call,
+            "cost": statistics.median(costs),
+            "cost_p25": low,
+            "cost_p75": high,
+            "site()": statistics.median(calls),
         }
-        if rank == CLIENT
-        else None,
-        CLIENT,
-    )
-    return result
+    shared: dict[str, float] = share(result, CLIENT)
+    return shared
 
 
 @dataclass
@@ -1085,13 +1082,16 @@ def keyed_rows(
                 )
             )
     if "sites" in wanted:
-        sites = phase_sites(ctrl, 9, n(2000))
-        on, off, cost = sites["on"], sites["off"], sites["cost"]
-        note = f"median of paired loops; write(key) with sites {on / US:.1f} µs, without {off / US:.1f} µs"
-        rows.append(Row("acquire-site capture, uncontended write(key)", cost, "%", None, "< 5 %", cost < 0.05, note))
-        call = sites["site()"]
-        note = f"one ctrl._site() call on its own: {call / on * 100:.1f} % of write(key)"
-        rows.append(Row("  site() call, a site seen before", call, "us", call / floor, note=note))
+        sites = phase_sites(ctrl, 40, n(500))
+        on, off, cost, call = sites["on"], sites["off"], sites["cost"], sites["site()"]
+        share_ = call / on
+        note = f"one ctrl._site() call, {call / US:.2f} µs, timed alone, against write(key) with sites"
+        rows.append(
+            Row("acquire-site capture, uncontended write(key)", share_, "%", None, "< 5 %", share_ < 0.05, note)
+        )
+        spread = f"{sites['cost_p25'] * 100:+.1f} % .. {sites['cost_p75'] * 100:+.1f} %"
+        note = f"median of 40 pairs, quartiles {spread}; {on / US:.1f} µs with sites, {off / US:.1f} µs without"
+        rows.append(Row("  the same loop, sites on vs off", cost, "%", None, note=note))
     if "own-keys" in wanted:
         result = phase_throughput(
             {

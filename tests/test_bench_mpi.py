@@ -37,7 +37,7 @@ def test_keyed_phases_print_their_rows():
         "write(key), a key seen before",
         "write(key), a fresh key each time",
         "acquire-site capture, uncontended write(key)",
-        "site() call, a site seen before",
+        "the same loop, sites on vs off",
         "own-key write(key) throughput, 2 ranks",
         "one key shared by all 2 ranks",
         "bounded(key, 2) throughput, 2 ranks",
