@@ -56,7 +56,9 @@ class Recorder:
         self.keys: dict[bytes, list[float]] = {}
         """Per named key: [reads, writes, slots, wait_total, wait_max, hold_total]."""
         self.other = [0.0] * 6
-        """The same totals for the keys that did not fit in :attr:`keys`."""
+        """The same totals for the keys that did not fit in :attr:`keys`, or were dropped to make room."""
+        self._unwaited: dict[bytes, None] = {}
+        """The keys of :attr:`keys` nobody has waited for yet, oldest first: the first to make room."""
 
     # -- recording -------------------------------------------------------------------
     def observe(
@@ -114,9 +116,11 @@ class Recorder:
             if key:
                 totals = self._totals(key)
                 totals[_COUNTS[kind]] += 1
-                totals[3] += wait
-                if wait > totals[4]:
-                    totals[4] = wait
+                if wait > 0:
+                    totals[3] += wait
+                    if wait > totals[4]:
+                        totals[4] = wait
+                    self._unwaited.pop(key, None)
         if self.keep_events:
             self._log_all(now, rank, "grant", kind, keys)
 
@@ -135,13 +139,24 @@ class Recorder:
             self.events.append((now, rank, phase, held[1], key))
 
     def _totals(self, key: bytes) -> list[float]:
+        """Return the totals of ``key``, making room for it if it is new: the oldest key nobody waited for goes.
+
+        O(1) per new key: a table full of keys that made ranks wait sends new
+        keys to :attr:`other` without looking at the table again.
+        """
         totals = self.keys.get(key)
         if totals is None:
-            if len(self.keys) >= STATS_KEYS:  # make room: keys nobody waited for go first
-                self.keys = {k: t for k, t in self.keys.items() if t[3] > 0}
             if len(self.keys) >= STATS_KEYS:
-                return self.other
+                if not self._unwaited:
+                    return self.other
+                dropped = next(iter(self._unwaited))
+                del self._unwaited[dropped]
+                merged, other = self.keys.pop(dropped), self.other
+                for i in (0, 1, 2, 3, 5):
+                    other[i] += merged[i]
+                other[4] = max(other[4], merged[4])
             totals = self.keys[key] = [0.0] * 6
+            self._unwaited[key] = None
         return totals
 
     def _log_all(self, now: float, rank: int, phase: str, kind: str, keys: tuple[bytes, ...]) -> None:
