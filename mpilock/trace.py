@@ -57,8 +57,8 @@ class Recorder:
         """Per named key: [reads, writes, slots, wait_total, wait_max, hold_total]."""
         self.other = [0.0] * 6
         """The same totals for the keys that did not fit in :attr:`keys`, or were dropped to make room."""
-        self._unwaited: dict[bytes, None] = {}
-        """The keys of :attr:`keys` nobody has waited for yet, oldest first: the first to make room."""
+        self._unwaited: set[bytes] = set()
+        """The keys of :attr:`keys` nobody has waited for yet: they make room when the table is full."""
 
     # -- recording -------------------------------------------------------------------
     def observe(
@@ -120,7 +120,7 @@ class Recorder:
                     totals[3] += wait
                     if wait > totals[4]:
                         totals[4] = wait
-                    self._unwaited.pop(key, None)
+                    self._unwaited.discard(key)
         if self.keep_events:
             self._log_all(now, rank, "grant", kind, keys)
 
@@ -139,24 +139,25 @@ class Recorder:
             self.events.append((now, rank, phase, held[1], key))
 
     def _totals(self, key: bytes) -> list[float]:
-        """Return the totals of ``key``, making room for it if it is new: the oldest key nobody waited for goes.
+        """Return the totals of ``key``; a new key in a full table first makes the keys nobody waited for go.
 
-        O(1) per new key: a table full of keys that made ranks wait sends new
-        keys to :attr:`other` without looking at the table again.
+        They go into :attr:`other` all at once, each key once: O(1) per new
+        key over a run.  A table full of keys that made ranks wait sends new
+        keys to :attr:`other` without looking at it again.
         """
         totals = self.keys.get(key)
         if totals is None:
             if len(self.keys) >= STATS_KEYS:
                 if not self._unwaited:
                     return self.other
-                dropped = next(iter(self._unwaited))
-                del self._unwaited[dropped]
-                merged, other = self.keys.pop(dropped), self.other
-                for i in (0, 1, 2, 3, 5):
-                    other[i] += merged[i]
-                other[4] = max(other[4], merged[4])
+                other = self.other
+                for dropped in self._unwaited:
+                    merged = self.keys.pop(dropped)
+                    for i in (0, 1, 2, 5):  # nobody waited: no wait to add
+                        other[i] += merged[i]
+                self._unwaited.clear()
             totals = self.keys[key] = [0.0] * 6
-            self._unwaited[key] = None
+            self._unwaited.add(key)
         return totals
 
     def _log_all(self, now: float, rank: int, phase: str, kind: str, keys: tuple[bytes, ...]) -> None:
