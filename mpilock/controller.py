@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import warnings
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -435,13 +436,21 @@ class WindowController:
                 log.debug("rank %d: interrupted again while withdrawing request %d", self._rank, seq, exc_info=True)
 
     def _long_wait(self, start: float) -> Watcher | None:
-        """Make a long-wait report for the request being waited for (``MPILOCK_WAIT_REPORT``)."""
+        """Make a long-wait report for the request being waited for (``MPILOCK_WAIT_REPORT``).
+
+        Every wait whose reply is not there at once makes one, so it names
+        the request only when a report is due: the name costs ~10 µs
+        (``os.path.relpath`` of the site), as much as the rest of a lock call.
+        """
         if self._asking is None:
             return None
         request, op, keys, site = self._asking
+        return LongWait(self._rank, partial(self._asked, op, keys, site), request, start, SETTINGS.wait_report)
+
+    def _asked(self, op: Op, keys: tuple[bytes, ...], site: int) -> str:
+        """Name a request for a report: ``write 'a' (asked at sim.py:44)``."""
         where = next((_site_text(*w) for w, s in self._sites.items() if s == site), "?") if site else "?"
-        what = f"{_OP_MODE[op]} {', '.join(keyspace.describe(k) for k in keys)} (asked at {where})"
-        return LongWait(self._rank, what, request, start, SETTINGS.wait_report)
+        return f"{_OP_MODE[op]} {', '.join(keyspace.describe(k) for k in keys)} (asked at {where})"
 
     def _fence_acquire(self, number: int, site: int) -> Taken:
         """Take the default write lock as the writer of fence ``number`` (which also enters the fence)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from collections.abc import Callable
 
 from .link import Answer, Link, Watcher
 from .server.frames import joined
@@ -29,9 +30,18 @@ class LongWait(Watcher):
     """Reports on one lock request that is taking long."""
 
     def __init__(
-        self, rank: int, what: str, request: tuple[bytes, int, bytes | None], start: float, threshold: float
+        self,
+        rank: int,
+        what: str | Callable[[], str],
+        request: tuple[bytes, int, bytes | None],
+        start: float,
+        threshold: float,
     ) -> None:
-        """Rank ``rank`` asked for ``what`` (e.g. ``write 'a' at sim.py:44``), sent as key ``request``."""
+        """Rank ``rank`` asked for ``what`` (e.g. ``write 'a' at sim.py:44``), sent as key ``request``.
+
+        ``what`` may be a function that names the request: it is called only
+        when a report is made, so a wait that ends before costs nothing.
+        """
         self.rank = rank
         self.what = what
         self.area, flags, self.payload = request
@@ -49,6 +59,8 @@ class LongWait(Watcher):
         """Log the table; the next report is due after twice the wait so far."""
         waited = time.monotonic() - self.start
         table = LockTable(pickle.loads(joined(answer.payload)))
+        if callable(self.what):
+            self.what = self.what()
         log.warning(
             "rank %d has waited %.1f s for %s; the lock server's view:\n%s", self.rank, waited, self.what, table
         )

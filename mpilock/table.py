@@ -66,7 +66,7 @@ class LockTable(list[LockEntry]):
             return "no lock is held or awaited"
         rows: list[tuple[str, ...]] = []
         for entry in self:
-            name = entry["key"] + (f" (bounded, {entry['limit']})" if entry["limit"] else "")
+            name = entry["key"] + (f" (limit {entry['limit']})" if entry["limit"] else "")  # 'bounded ...' already
             for holder in entry["holders"]:
                 rows.append(
                     (name, "holds", f"rank {holder['rank']}", holder["mode"], _since(holder["held"]), holder["site"])

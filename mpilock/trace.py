@@ -56,7 +56,9 @@ class Recorder:
         self.keys: dict[bytes, list[float]] = {}
         """Per named key: [reads, writes, slots, wait_total, wait_max, hold_total]."""
         self.other = [0.0] * 6
-        """The same totals for the keys that did not fit in :attr:`keys`."""
+        """The same totals for the keys that did not fit in :attr:`keys`, or were dropped to make room."""
+        self._unwaited: set[bytes] = set()
+        """The keys of :attr:`keys` nobody has waited for yet: they make room when the table is full."""
 
     # -- recording -------------------------------------------------------------------
     def observe(
@@ -114,9 +116,11 @@ class Recorder:
             if key:
                 totals = self._totals(key)
                 totals[_COUNTS[kind]] += 1
-                totals[3] += wait
-                if wait > totals[4]:
-                    totals[4] = wait
+                if wait > 0:
+                    totals[3] += wait
+                    if wait > totals[4]:
+                        totals[4] = wait
+                    self._unwaited.discard(key)
         if self.keep_events:
             self._log_all(now, rank, "grant", kind, keys)
 
@@ -135,13 +139,25 @@ class Recorder:
             self.events.append((now, rank, phase, held[1], key))
 
     def _totals(self, key: bytes) -> list[float]:
+        """Return the totals of ``key``; a new key in a full table first makes the keys nobody waited for go.
+
+        They go into :attr:`other` all at once, each key once: O(1) per new
+        key over a run.  A table full of keys that made ranks wait sends new
+        keys to :attr:`other` without looking at it again.
+        """
         totals = self.keys.get(key)
         if totals is None:
-            if len(self.keys) >= STATS_KEYS:  # make room: keys nobody waited for go first
-                self.keys = {k: t for k, t in self.keys.items() if t[3] > 0}
             if len(self.keys) >= STATS_KEYS:
-                return self.other
+                if not self._unwaited:
+                    return self.other
+                other = self.other
+                for dropped in self._unwaited:
+                    merged = self.keys.pop(dropped)
+                    for i in (0, 1, 2, 5):  # nobody waited: no wait to add
+                        other[i] += merged[i]
+                self._unwaited.clear()
             totals = self.keys[key] = [0.0] * 6
+            self._unwaited.add(key)
         return totals
 
     def _log_all(self, now: float, rank: int, phase: str, kind: str, keys: tuple[bytes, ...]) -> None:

@@ -53,12 +53,14 @@ def is_hydra() -> bool:
 def run(
     command: list[str], timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str] | None:
-    """Run ``command`` in its own process group (in ``env``, default :func:`environment`); on timeout kill the
-    whole group and return None."""
+    """Run ``command`` in its own process group (with ``env`` added to :func:`environment`).
+
+    On timeout kill the whole group and return None.
+    """
     process = subprocess.Popen(
         command,
         cwd=cwd,
-        env=environment() if env is None else env,
+        env={**environment(), **(env or {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

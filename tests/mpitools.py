@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -70,3 +70,61 @@ def wait_all_inside(comm: MPI.Intracomm, seconds: float = 20.0) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+class KeyedIntervals:
+    """Records ``time.monotonic()`` intervals per lock key during which this rank held it."""
+
+    def __init__(self) -> None:
+        self.spans: dict[Hashable, list[tuple[str, float, float]]] = {}
+
+    @contextmanager
+    def hold(self, key: Hashable, kind: str, seconds: float = 0.0) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+            if seconds:
+                time.sleep(seconds)
+        finally:
+            self.spans.setdefault(key, []).append((kind, start, time.monotonic()))
+
+    def gather(self, comm: MPI.Intracomm) -> dict[Hashable, list[Span]]:
+        """Every rank's spans, on every rank, per key as (rank, kind, start, end)."""
+        merged: dict[Hashable, list[Span]] = {}
+        for rank, spans in enumerate(comm.allgather(self.spans)):
+            for key, mine in spans.items():
+                merged.setdefault(key, []).extend((rank, k, s, e) for k, s, e in mine)
+        return merged
+
+
+def most_at_once(spans: list[Span]) -> int:
+    """The largest number of ``spans`` open at one instant (one that ends as another starts is not counted twice)."""
+    events = sorted([(start, 1) for _, _, start, _ in spans] + [(end, -1) for _, _, _, end in spans])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def wait_until_queued(ctrl: object, name: str, rank: int, seconds: float = 20.0) -> None:
+    """Poll ``ctrl.locks()`` until ``rank`` is queued for the lock named ``name`` (``"'b'"``, ``"bounded 'x'"``).
+
+    Raises ``AssertionError`` after ``seconds``: a handshake that makes ranks
+    interleave in a known order without sleeping.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        table = ctrl.locks()  # type: ignore[attr-defined]
+        if any(w["rank"] == rank for entry in table if entry["key"] == name for w in entry["waiters"]):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"rank {rank} never got queued for {name}")
+
+
+def site(path: str, marker: str) -> str:
+    """``file.py:LINE`` of the line of ``path`` that ends with the comment ``# site: marker``."""
+    with open(path) as source:
+        lines = [n for n, line in enumerate(source, 1) if line.rstrip().endswith(f"# site: {marker}")]
+    assert len(lines) == 1, f"{marker!r} marks {len(lines)} lines of {path}"
+    return f"{os.path.basename(path)}:{lines[0]}"

@@ -1,20 +1,33 @@
-"""Randomized multi-rank stress run: random holds, nesting and timeouts; checks overlaps.
+"""Randomized multi-rank stress runs: random holds, nesting and timeouts; checks overlaps.
 
-Run ``mpiexec -n 8 python -m mpi4py tests/stress.py`` (``make stress``); the total
-number of lock operations comes from ``MPILOCK_STRESS_OPS`` (default 10,000).
-Exits non-zero if any write interval overlapped another rank's interval or a
-lock leaked.  The short version runs inside the test suite (test_stress_mpi.py).
+Run ``mpiexec -n 8 python -m mpi4py tests/stress.py [--mode default|keyed|both]``
+(``make stress`` runs both); the total number of lock operations of each mode
+comes from ``MPILOCK_STRESS_OPS`` (default 10,000).
+
+* ``default``: reads, writes, nesting and promotion of the default lock.
+* ``keyed``: each step takes 2 or 3 keys of a small set in random order, in
+  nested ``with`` blocks (read, write or a place of a bounded key), so ranks
+  form cycles of waits: a rank refused with ``DeadlockError`` releases what it
+  holds and retries after a short random pause.  Sometimes a step takes its
+  keys in one multi-key ``write``.  Reports how many deadlocks were broken.
+
+Exits non-zero if any write interval overlapped another rank's interval of the
+same lock, a bounded key had more than its limit of holders, or a lock leaked
+(a final write of every lock times out).  The short versions run inside the
+test suite (test_stress_mpi.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
 import time
+from contextlib import ExitStack
 
 from mpi4py import MPI
-from mpitools import Span, overlaps
+from mpitools import Span, most_at_once, overlaps
 
 import mpilock
 
@@ -68,41 +81,146 @@ class Worker:
             self.timeouts += 1
 
 
-def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0) -> dict[str, float]:
+KEYS = ("k0", "k1", "k2", "k3", "k4")
+"""The read/write keys of the keyed mode: few, so that ranks collide and cycles form."""
+DEFAULT = "(default lock)"
+"""Stands for the default lock (``read()``/``write()`` without a key) in a plan of the keyed mode."""
+BOUNDED = {"io": 2, "one": 1}
+"""The bounded keys of the keyed mode and their limits."""
+
+
+class KeyedWorker(Worker):
+    """One rank's random walk through nested keyed locks taken in random order, retrying after deadlocks."""
+
+    def __init__(self, ctrl: mpilock.WindowController, seed: int) -> None:
+        super().__init__(ctrl, seed)
+        self.key_spans: dict[str, list[Span]] = {}
+        self.deadlocks = 0
+        self.retries_exhausted = 0
+
+    def key_span(self, key: str, kind: str, start: float) -> None:
+        self.key_spans.setdefault(key, []).append((self.ctrl.rank, kind, start, time.monotonic()))
+
+    def plan(self) -> list[tuple[str, str]]:
+        """2 or 3 distinct locks, in random order: (key, "read"/"write"/"slot")."""
+        names = [*KEYS, *BOUNDED, DEFAULT]
+        chosen = self.rng.sample(names, self.rng.choice([2, 3]))
+        return [(key, "slot" if key in BOUNDED else self.rng.choice(["read", "write", "write"])) for key in chosen]
+
+    def nest(self, plan: list[tuple[str, str]], timeout: float | None) -> None:
+        """Take ``plan[0]``, then the rest inside it; record every hold."""
+        if not plan:
+            self.hold()
+            return
+        (key, kind), rest = plan[0], plan[1:]
+        if kind == "slot":
+            lock = self.ctrl.bounded(key, BOUNDED[key], timeout=timeout)
+        else:
+            method = self.ctrl.write if kind == "write" else self.ctrl.read
+            lock = method(timeout=timeout) if key == DEFAULT else method(key, timeout=timeout)
+        self.ops += 1
+        with lock:
+            start = time.monotonic()
+            try:
+                self.nest(rest, timeout)
+            finally:
+                self.key_span(key, kind, start)
+
+    def together(self, keys: list[str]) -> None:
+        """One multi-key write of ``keys`` (in the order given): never a deadlock."""
+        self.ops += 1
+        with ExitStack() as stack:
+            stack.enter_context(self.ctrl.write(*keys, timeout=self.timeout()))
+            start = time.monotonic()
+            stack.callback(lambda: [self.key_span(key, "write", start) for key in keys])
+            self.hold()
+
+    def step(self) -> None:
+        if self.rng.random() < 0.15:
+            try:
+                self.together(self.rng.sample(KEYS, self.rng.choice([2, 3])))
+            except mpilock.LockTimeout:
+                self.timeouts += 1
+            return
+        plan = self.plan()
+        timeout = self.rng.choice([None, None, None, None, 0.0, 0.005, 0.05])
+        for _ in range(100):
+            try:
+                self.nest(plan, timeout)
+                return
+            except mpilock.DeadlockError:
+                self.deadlocks += 1
+                time.sleep(self.rng.uniform(0.0, 0.002))  # let the other ranks of the cycle go on
+            except mpilock.LockTimeout:
+                self.timeouts += 1
+                return
+        self.retries_exhausted += 1
+
+
+def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0, keyed: bool = False) -> dict[str, float]:
     """Run about ``total_ops`` lock operations over ``comm``; return the figures on every rank."""
     ctrl = mpilock.sync(comm)
-    worker = Worker(ctrl, seed * 1000 + comm.rank)
+    worker = (KeyedWorker if keyed else Worker)(ctrl, seed * 1000 + comm.rank)
     comm.barrier()
     began = time.monotonic()
     while worker.ops < total_ops // comm.size:
         worker.step()
     comm.barrier()
     wall = time.monotonic() - began
-    with ctrl.write(timeout=30):  # a leaked lock would make this time out
-        pass
+    with ctrl.write(timeout=30), ctrl.write(*KEYS, timeout=30):  # a leaked lock would make this time out
+        for key, limit in BOUNDED.items():
+            with ctrl.bounded(key, limit, timeout=30):
+                pass
+    comm.barrier()
+    left = len(ctrl.locks())
     ctrl.close()
     spans = [s for part in comm.allgather(worker.spans) for s in part]
+    violations = len(overlaps(spans))
+    key_spans: dict[str, list[Span]] = {}
+    if isinstance(worker, KeyedWorker):
+        for part in comm.allgather(worker.key_spans):
+            for key, mine in part.items():
+                key_spans.setdefault(key, []).extend(mine)
+        for key, mine in key_spans.items():
+            violations += most_at_once(mine) > BOUNDED[key] if key in BOUNDED else len(overlaps(mine))
     return {
         "ranks": comm.size,
         "ops": comm.allreduce(worker.ops),
         "timeouts": comm.allreduce(worker.timeouts),
-        "spans": len(spans),
-        "violations": len(overlaps(spans)),
+        "deadlocks": comm.allreduce(getattr(worker, "deadlocks", 0)),
+        "stuck": comm.allreduce(getattr(worker, "retries_exhausted", 0)),
+        "spans": len(spans) + sum(len(s) for s in key_spans.values()),
+        "violations": violations,
+        "locks_left": left,
         "wall": wall,
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point for ``make stress``."""
+    parser = argparse.ArgumentParser(description="randomized stress run of mpilock (under mpiexec)")
+    parser.add_argument("--mode", choices=["default", "keyed", "both"], default="both")
+    args = parser.parse_args(argv)
     total = int(os.environ.get("MPILOCK_STRESS_OPS", "10000"))
-    figures = run(total, seed=int(os.environ.get("MPILOCK_STRESS_SEED", "1")))
-    if MPI.COMM_WORLD.rank == 0:
-        print(
-            f"stress: {figures['ops']} lock operations over {figures['ranks']} ranks in {figures['wall']:.1f} s "
-            f"({figures['ops'] / figures['wall']:.0f} ops/s), {figures['timeouts']} timeouts, "
-            f"{figures['spans']} held intervals checked, {figures['violations']} violations"
-        )
-    return 1 if figures["violations"] else 0
+    seed = int(os.environ.get("MPILOCK_STRESS_SEED", "1"))
+    failed = False
+    for mode in ["default", "keyed"] if args.mode == "both" else [args.mode]:
+        figures = run(total, seed=seed, keyed=mode == "keyed")
+        failed = failed or bool(figures["violations"] or figures["locks_left"] or figures["stuck"])
+        if MPI.COMM_WORLD.rank == 0:
+            keyed = (
+                f"{figures['deadlocks']} deadlocks broken, {figures['stuck']} steps that never got past them, "
+                if mode == "keyed"
+                else ""
+            )
+            print(
+                f"stress ({mode}): {figures['ops']} lock operations over {figures['ranks']} ranks in "
+                f"{figures['wall']:.1f} s ({figures['ops'] / figures['wall']:.0f} ops/s), {figures['timeouts']} "
+                f"timeouts, {keyed}{figures['spans']} held intervals checked, {figures['violations']} violations, "
+                f"{figures['locks_left']} locks left",
+                flush=True,
+            )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

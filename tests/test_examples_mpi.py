@@ -39,6 +39,10 @@ def run_example(name: str, ranks: int, *args: str) -> subprocess.CompletedProces
 
 EXPECTED = {
     "h5py_shared_file.py": (r"(\d+) rank\(s\) wrote 4 blocks each .* all \1 datasets: OK", "shared.h5"),
+    "h5py_per_key.py": (
+        r"(\d+) rank\(s\) appended 20 rows each to 5 files, .* at most [12] of \1 ranks .*: OK",
+        "cat-0.h5",
+    ),
     "seed_idiom.py": (r"(\d+) rank\(s\) read my_data and wrote datasets .*: OK", "hello.world.h5"),
     "lost_updates.py": (r"with write\(\):\s+count\s+(\d+), 0 update\(s\) lost .*: OK", "counter.json"),
     "results_table.py": (r"(\d+) rank\(s\) appended 12 rows each .* table has \d+ rows: OK", "results.sqlite"),

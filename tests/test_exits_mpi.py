@@ -154,7 +154,7 @@ def test_a_malformed_setting_is_named_with_its_form_on_every_rank(tmp_path, vari
         import mpilock
         mpilock.sync()
         """
-    env = {**launch.environment(), variable: value}
+    env = {variable: value}
     code, _, output = run_job(tmp_path, body, ranks=2, env=env)
     assert code is not None and code != 0, output
     assert output.count(f"{variable}={value!r} is not valid: expected") >= 1, output

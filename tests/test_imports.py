@@ -19,6 +19,7 @@ import pytest
 
 import mpilock
 from mpilock.server import Op, Reply, Send
+from mpilock.server import keys as keyspace
 from mpilock.trace import Recorder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,6 +82,9 @@ def test_plot_writes_a_png_without_mpi4py(no_mpi, tmp_path):
     recorder.observe(1.0, 1, Op.WRITE, 1, [])
     recorder.observe(2.0, 0, Op.RELEASE, 2, [Send(1, Reply.GRANTED, 1)])
     recorder.observe(3.0, 1, Op.RELEASE, 2, [])
+    key = (keyspace.encode("out/part-1.h5"),)  # and a keyed lock: its colour and the per-key summary
+    recorder.observe(4.0, 1, Op.WRITE, 3, [Send(1, Reply.GRANTED, 3)], key)
+    recorder.observe(5.0, 1, Op.RELEASE, 4, [], key)
     trace = tmp_path / "trace.json"
     recorder.write_chrome_trace(trace)
     png = tmp_path / "timeline.png"
@@ -95,6 +99,7 @@ def test_plot_writes_a_png_without_mpi4py(no_mpi, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "on 2 ranks" in result.stdout
+    assert "1 keys; the 1 with the most total wait" in result.stdout and "'out/part-1.h5'" in result.stdout
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 

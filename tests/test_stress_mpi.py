@@ -1,4 +1,4 @@
-"""The short version of the randomized stress run (``make stress`` runs the long one)."""
+"""The short versions of the randomized stress runs (``make stress`` runs the long ones)."""
 
 from mpi4py import MPI
 from mpitools import mpi, overlaps
@@ -19,3 +19,13 @@ def test_random_operations_never_overlap(mpi_ranks):
     assert figures["ops"] >= 300 * MPI.COMM_WORLD.size
     assert figures["spans"] > 0
     assert figures["violations"] == 0
+
+
+@mpi(min_ranks=2)
+def test_random_nested_keys_never_overlap_and_every_deadlock_is_broken(mpi_ranks):
+    figures = run(300 * MPI.COMM_WORLD.size, seed=mpi_ranks, keyed=True)
+    assert figures["ops"] >= 300 * MPI.COMM_WORLD.size
+    assert figures["spans"] > 0
+    assert figures["violations"] == 0
+    assert figures["stuck"] == 0  # every step got its locks within 100 attempts
+    assert figures["locks_left"] == 0

@@ -6,6 +6,7 @@ import pytest
 
 from mpilock.plot import load_spans
 from mpilock.server import Flag, LockCore, Op, Reply, Send
+from mpilock.server import keys as keyspace
 from mpilock.trace import Recorder, percentile, percentiles
 
 
@@ -241,3 +242,46 @@ def test_wait_samples_are_bounded_but_counts_and_max_are_not():
     assert stats["reads"] == WAIT_SAMPLES + 500
     assert stats["wait_max"] == 5.0  # the first wait fell out of the samples, not out of the max
     assert abs(stats["wait_p99"] - 0.001) < 1e-9
+
+
+def lock_key(recorder, key, wait, now=0.0):
+    """Rank 0 writes ``key`` (after waiting ``wait`` seconds for rank 1's release if > 0), holds it 1 s."""
+    key = keyspace.encode(key)
+    if wait:
+        recorder.observe(now, 0, Op.WRITE, 1, [], (key,))
+        recorder.observe(now + wait, 1, Op.RELEASE, 1, [Send(0, Reply.GRANTED, 1)])
+    else:
+        recorder.observe(now, 0, Op.WRITE, 1, [Send(0, Reply.GRANTED, 1)], (key,))
+    recorder.observe(now + wait + 1.0, 0, Op.RELEASE, 2, [], (key,))
+
+
+def test_a_full_key_table_makes_room_by_merging_the_keys_nobody_waited_for():
+    from mpilock.trace import STATS_KEYS
+
+    rec = Recorder(2)
+    for i in range(STATS_KEYS):
+        lock_key(rec, f"s{i}", 0.0)
+    lock_key(rec, "s1", 0.5)  # waited for now: it keeps its place
+    lock_key(rec, "new", 0.25)
+    lock_key(rec, "newer", 0.0)
+    stats = rec.stats()
+    names = [k["key"] for k in stats["keys"]]
+    assert names == ["'s1'", "'new'", "'newer'"]  # most total wait first; the unwaited keys made room
+    assert stats["keys"][0]["writes"] == 2
+    rest = stats["other_keys"]
+    assert (rest["writes"], rest["hold_total"], rest["wait_total"]) == (STATS_KEYS - 1, STATS_KEYS - 1.0, 0.0)
+
+
+def test_a_key_table_full_of_waited_keys_sends_new_keys_to_the_rest():
+    from mpilock.trace import STATS_KEYS
+
+    rec = Recorder(2)
+    for i in range(STATS_KEYS):
+        lock_key(rec, f"w{i}", 0.001)
+    for i in range(3 * STATS_KEYS):  # each must not rescan the table (it did: ~0.2 ms per new key)
+        lock_key(rec, f"f{i}", 0.0)
+    stats = rec.stats()
+    assert {k["key"] for k in stats["keys"]} == {f"'w{i}'" for i in range(STATS_KEYS)}
+    assert stats["other_keys"]["writes"] == 3 * STATS_KEYS
+    assert sum(k["writes"] for k in stats["keys"]) + stats["other_keys"]["writes"] == 4 * STATS_KEYS
+    assert not rec._unwaited
