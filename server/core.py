@@ -611,7 +611,7 @@ class LockCore:
 
     # -- the lock table --------------------------------------------------------------
     def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
-        """Holders and waiters of ``wanted`` keys (default: every key in use), as plain data (see :func:`lock_table`)."""
+        """Holders and waiters of ``wanted`` keys (default: every key in use), as data (see :func:`lock_table`)."""
         return lock_table(self.keys, self.site, now, wanted)
 
     # -- closing -----------------------------------------------------------------------

@@ -33,15 +33,20 @@ from .protocol import FenceStatus, Flag, Op, Reply
 if TYPE_CHECKING:
     from .frames import Payload
 
+from types import ModuleType
+
+NATIVE: ModuleType | None
+"""The module ``mpilock.server._native``, or ``None`` if it was not built or does not load."""
+IMPORT_ERROR: str | None
+"""Why it does not load."""
 try:
-    from . import _native
+    from . import _native as NATIVE
 except ImportError as err:  # not built, or its MPI library cannot be loaded
-    _native = None  # type: ignore[assignment]
-    IMPORT_ERROR: str | None = str(err)
+    NATIVE, IMPORT_ERROR = None, str(err)
 else:
     IMPORT_ERROR = None
 
-__all__ = ["IMPORT_ERROR", "NativeGraph", "NativeLockCore", "available"]
+__all__ = ["IMPORT_ERROR", "NATIVE", "NativeGraph", "NativeLockCore", "available", "module"]
 
 _DEFAULT_KEYS = (keyspace.DEFAULT,)
 _REPLIES = {int(r): r for r in Reply}
@@ -87,9 +92,16 @@ Special = tuple[Any, ...]
 """What the C core returns besides plain replies: an error, a refusal or a deadlock, as data."""
 
 
+def module() -> Any:
+    """Return the native module; ``ImportError`` if it was not built or does not load."""
+    if NATIVE is None:
+        raise ImportError(f"mpilock's native server is not available: {IMPORT_ERROR}")
+    return NATIVE
+
+
 def available() -> bool:
     """Whether the native module was built and loads."""
-    return _native is not None
+    return NATIVE is not None
 
 
 class NativeGraph:
@@ -97,14 +109,12 @@ class NativeGraph:
 
     def __init__(self) -> None:
         """Start with no core."""
-        if _native is None:
-            raise ImportError(f"mpilock's native server is not available: {IMPORT_ERROR}")
-        self.graph = _native.Graph()
+        self.graph = module().Graph()
 
     @property
     def arrivals(self) -> float:
         """The arrival number of the last queued writer (or request of a bounded key)."""
-        return self.graph.arrivals
+        return float(self.graph.arrivals)
 
 
 class _CycleCore:
@@ -142,14 +152,16 @@ class NativeLockCore:
         if not self.members or not self.members <= frozenset(range(size)):
             raise ValueError(f"members must be a non-empty subset of range({size})")
         self.graph = graph if graph is not None else NativeGraph()
-        self.native = _native.Core(size, sorted(self.members), self.graph.graph, record)
+        self.native = module().Core(size, sorted(self.members), self.graph.graph, record)
         """The C core (``_native.Core``)."""
         self.name = name or f"controller {id(self):x}"
         self.sites: dict[tuple[int, int], str] = {}
         """(rank, site id) -> ``file:line`` of an acquire site, as the rank named it."""
         self.fences = FenceBook(size, self.members)
         _CORES[self.native.uid] = self
-        self._python: dict[int, Callable[[int, int, int, int, Payload | None, tuple[bytes, ...], int, float], list[Send]]]
+        self._python: dict[
+            int, Callable[[int, int, int, int, Payload | None, tuple[bytes, ...], int, float], list[Send]]
+        ]
         self._python = {
             Op.FENCE_BEGIN: self._on_fence_begin,
             Op.FENCE_END: self._on_fence_end,
@@ -177,7 +189,7 @@ class NativeLockCore:
         site: int = 0,
         now: float = 0.0,
     ) -> list[Send]:
-        """Apply request ``op`` from ``rank`` on ``keys`` and return the replies to send (as :meth:`LockCore.handle`)."""
+        """Apply request ``op`` from ``rank`` on ``keys``; return the replies to send (as :meth:`LockCore.handle`)."""
         handler = self._python.get(op)
         if handler is None:
             return self.lock(rank, op, seq, arg, aux, keys, site, now)
@@ -201,7 +213,7 @@ class NativeLockCore:
         return [s._replace(payload=text) if s.code in (_DEADLOCK, _REFUSED) and s.rank == rank else s for s in out]
 
     def error_text(self, special: Special, rank: int, op: int, aux: int, keys: tuple[bytes, ...]) -> str:
-        """The text of the protocol error the C core reported (that of :mod:`.core`)."""
+        """Return the text of the protocol error the C core reported (that of :mod:`.core`)."""
         _, kind, index, _, _ = special
         if op == Op.FENCE_BEGIN or op == Op.CLOSE or op == Op.HELLO:
             keys = _DEFAULT_KEYS
@@ -209,7 +221,7 @@ class NativeLockCore:
         return _ERRORS[kind].format(rank=rank, op=op, members=len(self.members), aux=aux, count=len(keys), key=key)
 
     def special_text(self, special: Special, rank: int, keys: tuple[bytes, ...]) -> str:
-        """The text of ``rank``'s refusal or deadlock, as :mod:`.core` words it."""
+        """Return the text of ``rank``'s refusal or deadlock, as :mod:`.core` words it."""
         if special[0] == "refused":
             _, index, limit, asked, users = special
             return (
@@ -310,7 +322,7 @@ class NativeLockCore:
 
     # -- the state, read back ---------------------------------------------------------------------------
     def snapshot(self) -> tuple[Any, ...]:
-        """The C core's whole state as plain data: ``(keys, waiting, held, nodes, closing, closed, arrivals)``.
+        """Return the C core's state as plain data: ``(keys, waiting, held, nodes, closing, closed, arrivals)``.
 
         ``keys`` lists, in the core's order, ``(key, limit, writer, write_hold,
         readers, writers, waiting_readers, early)`` with holds as in
@@ -351,7 +363,7 @@ def _request(data: tuple[int, int, int, int, float, float, tuple[bytes, ...]]) -
 
 
 def describe_native_cycle(edges: list[tuple[Any, ...]]) -> str:
-    """The text :func:`describe_cycle` gives the cycle the C core found (its edges as captured data)."""
+    """Return the text :func:`describe_cycle` gives the cycle the C core found (its edges as captured data)."""
     views: dict[int, _CycleCore] = {}
     cycle: list[Edge] = []
     for uid, waiter, target, queued, world, key, hold_mode, hold_site, wait_mode, wait_site in edges:

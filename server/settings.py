@@ -70,6 +70,12 @@ VARIABLES = {
             "longest sleep between two polls (the worst extra latency of an idle poller)",
         ),
         Variable(
+            "MPILOCK_NATIVE",
+            "1",
+            "1 or 0 (also true/false, yes/no, on/off)",
+            "serve locks from the native (C) loop where it was built; 0 forces the pure-Python loop",
+        ),
+        Variable(
             "MPILOCK_CONTENDED_SLEEP",
             "0.0005",
             "seconds >= 0 (0 switches the rule off)",
@@ -133,6 +139,7 @@ class Settings:
     client_spin: float
     max_sleep: float
     contended_sleep: float
+    native: bool
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -146,6 +153,7 @@ def load(environ: Mapping[str, str] = os.environ) -> Settings:
         client_spin=seconds("MPILOCK_CLIENT_SPIN", environ=environ),
         max_sleep=seconds("MPILOCK_MAX_SLEEP", positive=True, environ=environ),
         contended_sleep=seconds("MPILOCK_CONTENDED_SLEEP", environ=environ),
+        native=flag("MPILOCK_NATIVE", environ),
     )
 
 
