@@ -64,7 +64,7 @@ LOOP, REASON, _LEVEL = decide()
 """``"native"`` or ``"python"``, and why."""
 log.log(_LEVEL, "mpilock: %s lock server loop: %s", LOOP, REASON)
 
-__all__ = ["LOOP", "REASON", "ServedChannel", "Service", "decide", "serve"]
+__all__ = ["LOOP", "REASON", "ServedChannel", "Service", "chosen", "decide", "serve", "use"]
 
 
 class ServedChannel(Protocol):
@@ -89,10 +89,33 @@ class Service(Protocol):
 
 def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedChannel, Service]:
     """Serve the lock of the controller whose private communicator is ``comm`` with this process's loop."""
-    if LOOP == "native":
+    if chosen() == "native":
         from .native_loop import SERVICE as NATIVE
 
         return NATIVE.channel(comm, observer, name), NATIVE
     channel = Channel(comm, observer, graph=SERVICE.graph, name=name, lock=SERVICE.poll_lock)
     SERVICE.add(channel)
     return channel, SERVICE
+
+
+_CHOSEN: list[str] = []
+"""The loop :func:`use` chose for the controllers made from then on (empty: :data:`LOOP`)."""
+
+
+def use(loop: str | None) -> None:
+    """Serve the controllers this process makes from now on with ``loop`` (``None``: :data:`LOOP`).
+
+    For ``python -m mpilock.bench``, which measures both loops in one run.
+    ``"native"`` raises ``ValueError`` where the native loop cannot run.
+    Controllers of different loops detect deadlocks only among their own kind.
+    """
+    if loop not in (None, "native", "python"):
+        raise ValueError(f"loop must be 'native', 'python' or None, not {loop!r}")
+    if loop == "native" and LOOP != "native":
+        raise ValueError(f"the native loop cannot run here: {REASON}")
+    _CHOSEN[:] = [loop] if loop is not None else []
+
+
+def chosen() -> str:
+    """Return the loop that serves the controllers made now: ``"native"`` or ``"python"``."""
+    return _CHOSEN[0] if _CHOSEN else LOOP
