@@ -11,7 +11,12 @@ is compiled with the MPI compiler wrapper: ``$MPICC`` if set, else the
 ``mpicc`` beside the building Python (an MPI wheel in the same venv), else the
 ``mpicc`` on ``PATH``.  It is optional: without a compiler, or if the build
 fails, the package installs without it (one warning in the build log) and
-mpilock runs its pure-Python server loop.
+mpilock runs its pure-Python server loop.  An editable install (``pip install
+-e``, as ``make install`` does) puts the module in the venv, in
+``site-packages/mpilock_server_native/``, not in the source tree: the venvs of
+several MPI libraries share that tree (``.venv``, ``.venv-openmpi``), and each
+needs the module built with its own MPI (``mpilock/server/native_core.py`` looks
+there when the package has none).
 """
 
 import os
@@ -19,6 +24,7 @@ import re
 import shlex
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -32,6 +38,10 @@ def long_description(readme: Path) -> str:
     """Return ``readme`` with every repository-relative picture replaced by a line that names its file."""
     text = readme.read_text(encoding="utf-8")
     return LOCAL_IMAGE.sub(r"*Picture: \g<alt> (`\g<path>` in the source distribution).*", text)
+
+
+EDITABLE_DIR = "mpilock_server_native"
+"""Where an editable install puts the native module, in the venv's site-packages."""
 
 
 def mpi_compiler() -> list[str] | None:
@@ -66,6 +76,14 @@ class OptionalBuildExt(build_ext):
         finally:
             for name, command in saved.items():
                 compiler.set_executable(name, command)
+
+    def _get_inplace_equivalent(self, build_py: object, ext: Extension) -> tuple[str, str]:
+        """For an editable install, the module's place in this venv instead of in the shared source tree."""
+        inplace, regular = super()._get_inplace_equivalent(build_py, ext)  # type: ignore[misc]
+        if self.editable_mode:
+            inplace = str(Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / os.path.basename(inplace))
+            os.makedirs(os.path.dirname(inplace), exist_ok=True)
+        return inplace, regular
 
     def _skip(self, ext: Extension, why: str) -> None:
         print(

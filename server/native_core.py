@@ -16,10 +16,16 @@ sends the plain replies (grants, denials, cancels, closes) itself and
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import pickle
+import sys
+import sysconfig
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import keys as keyspace
@@ -33,18 +39,36 @@ from .protocol import FenceStatus, Flag, Op, Reply
 if TYPE_CHECKING:
     from .frames import Payload
 
-from types import ModuleType
+EDITABLE_DIR = "mpilock_server_native"
+"""Where an editable install (``pip install -e``) puts the module, in the venv's site-packages (see setup.py)."""
+
+
+def _load() -> ModuleType:
+    """Import ``mpilock.server._native``: from the package, else from this venv's editable build."""
+    name = f"{__package__}._native"
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if name in sys.modules:  # None there: an import blocked on purpose
+            raise
+        path = Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if not path.is_file() or spec is None or spec.loader is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
 
 NATIVE: ModuleType | None
 """The module ``mpilock.server._native``, or ``None`` if it was not built or does not load."""
 IMPORT_ERROR: str | None
 """Why it does not load."""
 try:
-    from . import _native as NATIVE
+    NATIVE, IMPORT_ERROR = _load(), None
 except ImportError as err:  # not built, or its MPI library cannot be loaded
     NATIVE, IMPORT_ERROR = None, str(err)
-else:
-    IMPORT_ERROR = None
 
 __all__ = ["IMPORT_ERROR", "NATIVE", "NativeGraph", "NativeLockCore", "available", "module"]
 
