@@ -57,11 +57,13 @@ def test_mpilock_native_0_runs_the_python_loop():
 
 def test_without_the_native_module_the_python_loop_runs_and_says_why():
     result = run(
-        """
-        import logging, sys
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-        sys.modules["mpilock.server._native"] = None  # as if it had not been built
-        """
+        textwrap.dedent(
+            """
+            import logging, sys
+            logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+            sys.modules["mpilock.server._native"] = None  # as if it had not been built
+            """
+        )
         + textwrap.dedent(LOCK_AND_SAY)
     )
     assert result.returncode == 0, result.stderr
@@ -83,9 +85,14 @@ def test_a_failure_in_the_native_loops_python_thread_aborts_instead_of_hanging()
         """
         import mpilock
         from mpilock.server import native_loop
+        from mpilock.server.protocol import HEADER, Op
+
+        serve = native_loop.NativeChannel.serve_message
 
         def broken(self, rank, message):
-            raise RuntimeError("bug in the native loop's Python side")
+            if HEADER.unpack_from(message)[0] == Op.STATS:
+                raise RuntimeError("bug in the native loop's Python side")
+            serve(self, rank, message)  # acquire sites, say
 
         native_loop.NativeChannel.serve_message = broken
         ctrl = mpilock.sync()
