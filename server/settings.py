@@ -76,6 +76,18 @@ VARIABLES = {
             "serve locks from the native (C) loop where it was built; 0 forces the pure-Python loop",
         ),
         Variable(
+            "MPILOCK_NATIVE_HOT",
+            "0.005",
+            "seconds >= 0",
+            "how long after a request the native loop keeps polling every 10 µs (a client's think time)",
+        ),
+        Variable(
+            "MPILOCK_NATIVE_IDLE_SLEEP",
+            "0.005",
+            "seconds > 0",
+            "longest sleep of the idle native loop (the worst extra latency of the first grant after idling)",
+        ),
+        Variable(
             "MPILOCK_CONTENDED_SLEEP",
             "0.0005",
             "seconds >= 0 (0 switches the rule off)",
@@ -140,6 +152,8 @@ class Settings:
     max_sleep: float
     contended_sleep: float
     native: bool
+    native_hot: float
+    native_idle_sleep: float
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -154,6 +168,8 @@ def load(environ: Mapping[str, str] = os.environ) -> Settings:
         max_sleep=seconds("MPILOCK_MAX_SLEEP", positive=True, environ=environ),
         contended_sleep=seconds("MPILOCK_CONTENDED_SLEEP", environ=environ),
         native=flag("MPILOCK_NATIVE", environ),
+        native_hot=seconds("MPILOCK_NATIVE_HOT", environ=environ),
+        native_idle_sleep=seconds("MPILOCK_NATIVE_IDLE_SLEEP", positive=True, environ=environ),
     )
 
 
