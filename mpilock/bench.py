@@ -1051,10 +1051,10 @@ def print_loops(tables: dict[str, list[Row]], header: list[str]) -> None:
     names = list(dict.fromkeys(r.name for rows in tables.values() for r in rows))
     found = {which: {r.name: r for r in rows} for which, rows in tables.items()}
     if "native" in found and "python" in found:
-        for name, row in found["native"].items():
+        for name, mine in found["native"].items():
             other = found["python"].get(name)
             if name.startswith("contended write() throughput") and other is not None:
-                row.target, row.ok = "≥ 3x python", row.value >= 3 * other.value
+                mine.target, mine.ok = "≥ 3x python", mine.value >= 3 * other.value
     width = max(len(n) for n in names)
     for line in header:
         print(line)
