@@ -1453,7 +1453,7 @@ typedef struct Item {
 static Channel *g_channels = NULL;
 static int g_next_channel = 1;
 static Item *g_items = NULL, **g_items_tail = &g_items;
-static int g_thread_running = 0, g_thread_stop = 0, g_thread_joinable = 0;
+static int g_thread_running = 0, g_thread_joinable = 0;
 static volatile int g_want = 0; /* Python threads waiting for g_lock: the service thread lets them in */
 static pthread_t g_thread;
 static double g_spin = 0.0002, g_shortest = 10e-6, g_hot = 0.005, g_longest = 0.0002, g_idle_after = 0.05,
@@ -1745,11 +1745,7 @@ static void *native_thread(void *unused)
     for (;;) {
         int busy = 0, open = 0;
         pthread_mutex_lock(&g_lock);
-        if (g_thread_stop) {
-            pthread_mutex_unlock(&g_lock);
-            break;
-        }
-        while (over_hard_bound() && !g_thread_stop) { /* never unbounded memory: wait for Python to drain */
+        while (over_hard_bound()) { /* never unbounded memory: wait for Python to drain */
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_nsec += 1000000;
@@ -2294,41 +2290,6 @@ static PyObject *Core_drain(CoreObject *self, PyObject *unused)
     return list;
 }
 
-static PyObject *Core_record(CoreObject *self, PyObject *args)
-{
-    int rank, op;
-    long long seq;
-    double now;
-    PyObject *keys, *replies;
-    if (!PyArg_ParseTuple(args, "diiLO!O!", &now, &rank, &op, &seq, &PyTuple_Type, &keys, &PyList_Type, &replies))
-        return NULL;
-    int nkeys;
-    KeyRef *refs = keyrefs(keys, &nkeys);
-    if (!refs)
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(replies);
-    Reply *r = PyMem_Malloc(sizeof(Reply) * (size_t)(n + 1));
-    if (!r) {
-        PyMem_Free(refs);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long long seq2;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(replies, i), "iiL", &r[i].rank, &r[i].code, &seq2)) {
-            PyMem_Free(r);
-            PyMem_Free(refs);
-            return NULL;
-        }
-        r[i].seq = seq2;
-    }
-    lock_world();
-    record(self->core, now, rank, op, seq, refs, nkeys, r, (int)n);
-    pthread_mutex_unlock(&g_lock);
-    PyMem_Free(r);
-    PyMem_Free(refs);
-    Py_RETURN_NONE;
-}
-
 static PyObject *Core_closed(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -2348,7 +2309,6 @@ static PyMethodDef Core_methods[] = {
      "Return and forget the replies that another core's request caused here."},
     {"snapshot", (PyCFunction)Core_snapshot, METH_NOARGS, "The whole state as plain data."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS, "Return and forget the recorded events."},
-    {"record", (PyCFunction)Core_record, METH_VARARGS, "record(now, rank, op, seq, keys, replies): add an event."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Core_getset[] = {
