@@ -26,7 +26,7 @@ from .server import keys as keyspace
 from .server import wire
 from .server.core import MODES, READ, SLOT, WRITE
 from .server.frames import Payload, joined
-from .server.loop import SERVICE, Channel
+from .server.native import ServedChannel, Service, serve
 from .server.protocol import Flag, Op, Reply
 from .server.settings import SETTINGS
 from .table import LockTable
@@ -140,23 +140,21 @@ class WindowController:
         """
         user_comm, index = check_args(comm, master, trace)
         private = user_comm.Dup()
-        self._channel: Channel | None = None
+        self._channel: ServedChannel | None = None
+        self._service: Service | None = None
         self._recorder: Recorder | None = None
         self._trace_path = trace_path(trace)
         serial = lifecycle.next_serial()  # on every rank, so deadlock reports name controllers alike
         if private.Get_rank() == index:
             self._recorder = Recorder(private.Get_size(), keep_events=self._trace_path is not None)
-            self._channel = Channel(
-                private, self._recorder, graph=SERVICE.graph, name=f"controller #{serial}", lock=SERVICE.poll_lock
-            )
-            SERVICE.add(self._channel)
+            self._channel, self._service = serve(private, self._recorder, f"controller #{serial}")
         self._attach(private, index, user_comm, writer=index, serial=serial)
 
     @classmethod
     def _client_of(cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm) -> WindowController:
         """Build a controller for the ranks of ``comm``, served by a dedicated rank of ``private``."""
         ctrl = cls.__new__(cls)
-        ctrl._channel, ctrl._recorder, ctrl._trace_path = None, None, None
+        ctrl._channel, ctrl._service, ctrl._recorder, ctrl._trace_path = None, None, None, None
         ctrl._attach(private, server, comm, writer=0, serial=lifecycle.next_serial())
         return ctrl
 
@@ -515,9 +513,9 @@ class WindowController:
         self._closed = True
         lifecycle.unregister(self._serial)
         try:
-            if self._channel is not None:
+            if self._channel is not None and self._service is not None:
                 self._channel.finished.wait()
-                SERVICE.channel_finished()
+                self._service.channel_finished()
             if self._recorder is not None and self._trace_path is not None:
                 self._recorder.write_chrome_trace(self._trace_path)
         finally:

@@ -29,7 +29,7 @@ server's memory follows the keys in use.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 from . import keys as keyspace
@@ -42,7 +42,7 @@ from .protocol import FenceStatus, Flag, Op, Reply
 if TYPE_CHECKING:
     from .frames import Payload  # a type only: the core imports no MPI
 
-__all__ = ["MODES", "READ", "SLOT", "WRITE", "KeyState", "LockCore", "ProtocolError", "Request", "Send"]
+__all__ = ["MODES", "READ", "SLOT", "WRITE", "KeyState", "LockCore", "ProtocolError", "Request", "Send", "lock_table"]
 
 Handler = Callable[[int, int, int, int, "Payload | None", "tuple[bytes, ...]", int, float, list[Send]], None]
 """``handler(rank, seq, arg, aux, payload, keys, site, now, out)``: apply one request, append replies to ``out``."""
@@ -638,54 +638,8 @@ class LockCore:
 
     # -- the lock table --------------------------------------------------------------
     def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
-        """Holders and waiters of ``wanted`` keys (default: every key in use), as plain data.
-
-        One entry per key: ``key`` (its name), ``limit`` (0 for a
-        readers-writer lock), ``holders`` and ``waiters``, each a list of
-        ``{"rank", "mode", "site"}`` with ``"held"`` or ``"waited"`` (seconds
-        so far); waiters come in arrival order, with ``"keys"``: every key of
-        their request.
-        """
-        chosen = self.keys.items() if wanted is None else ((k, self.keys.get(k)) for k in wanted)
-        entries: list[dict[str, object]] = []
-        for key, state in chosen:
-            if state is None or state.idle():
-                continue
-            holders = [
-                {
-                    "rank": r,
-                    "mode": MODES[SLOT if state.limit else READ],
-                    "held": now - h[2],
-                    "site": self.site(r, h[1]),
-                }
-                for r, h in state.readers.items()
-            ]
-            if state.write_hold is not None:
-                hold = state.write_hold
-                holders.insert(
-                    0,
-                    {
-                        "rank": state.writer,
-                        "mode": "write",
-                        "held": now - hold[2],
-                        "site": self.site(state.writer, hold[1]),
-                    },
-                )
-            queued = sorted([*state.writers, *state.waiting_readers], key=lambda r: r.since)
-            waiters = [
-                {
-                    "rank": r.rank,
-                    "mode": MODES[r.mode],
-                    "waited": now - r.since,
-                    "site": self.site(r.rank, r.site),
-                    "keys": [keyspace.describe(k) for k in r.keys],
-                }
-                for r in queued
-            ]
-            entries.append(
-                {"key": keyspace.describe(key), "limit": state.limit, "holders": holders, "waiters": waiters}
-            )
-        return entries
+        """Holders and waiters of ``wanted`` keys (default: every key in use), as data (see :func:`lock_table`)."""
+        return lock_table(self.keys, self.site, now, wanted)
 
     # -- closing -----------------------------------------------------------------------
     def _on_close(
@@ -716,3 +670,56 @@ class LockCore:
             self.closed = True
             self.graph.leave(self)
             out.extend(Send(r, Reply.CLOSED, s) for r, s in sorted(self._closing.items()))
+
+
+def lock_table(
+    keys: Mapping[bytes, KeyState], site: Callable[[int, int], str], now: float, wanted: Iterable[bytes] | None = None
+) -> list[dict[str, object]]:
+    """Holders and waiters of ``wanted`` of ``keys`` (default: every key in use), as plain data.
+
+    One entry per key: ``key`` (its name), ``limit`` (0 for a
+    readers-writer lock), ``holders`` and ``waiters``, each a list of
+    ``{"rank", "mode", "site"}`` with ``"held"`` or ``"waited"`` (seconds
+    so far); waiters come in arrival order, with ``"keys"``: every key of
+    their request.
+    """
+    chosen = keys.items() if wanted is None else ((k, keys.get(k)) for k in wanted)
+    entries: list[dict[str, object]] = []
+    for key, state in chosen:
+        if state is None or state.idle():
+            continue
+        holders = [
+            {
+                "rank": r,
+                "mode": MODES[SLOT if state.limit else READ],
+                "held": now - h[2],
+                "site": site(r, h[1]),
+            }
+            for r, h in state.readers.items()
+        ]
+        if state.write_hold is not None:
+            hold = state.write_hold
+            holders.insert(
+                0,
+                {
+                    "rank": state.writer,
+                    "mode": "write",
+                    "held": now - hold[2],
+                    "site": site(state.writer, hold[1]),
+                },
+            )
+        queued = sorted([*state.writers, *state.waiting_readers], key=lambda r: r.since)
+        waiters = [
+            {
+                "rank": r.rank,
+                "mode": MODES[r.mode],
+                "waited": now - r.since,
+                "site": site(r.rank, r.site),
+                "keys": [keyspace.describe(k) for k in r.keys],
+            }
+            for r in queued
+        ]
+        entries.append(
+            {"key": keyspace.describe(key), "limit": state.limit, "holders": holders, "waiters": waiters}
+        )
+    return entries

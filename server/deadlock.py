@@ -78,7 +78,8 @@ class WaitGraph:
         """Start with no core."""
         self._members: dict[Node, list[tuple[Core, int]]] = {}
         self._arrivals = 0.0
-        self._reordered: set[tuple[Core, bytes]] = set()
+        self._reordered: dict[tuple[Core, bytes], None] = {}
+        """The queues the last :meth:`order` changed, in the order it changed them (a dict: a set's order is not)."""
 
     def join(self, core: Core) -> None:
         """Add every rank of ``core`` under its current node."""
@@ -159,7 +160,7 @@ class WaitGraph:
         for a request queued ahead, points at an earlier request, so no cycle
         of waits can form.  :meth:`reordered` tells which queues moved.
         """
-        self._reordered = set()
+        self._reordered = {}
         cycle = self.find_cycle(start, hard=True)
         if cycle is not None:
             return cycle
@@ -169,11 +170,13 @@ class WaitGraph:
                 request = core.waiting.get(rank)
                 if request is not None:
                     queued[node] = (core, request)
-        waits_for: dict[Node, set[Node]] = {}
+        # Insertion-ordered dicts, not sets, here and below: the order of this walk decides the priorities
+        # given, and the native core (server/_native.c) must give the same ones.
+        waits_for: dict[Node, dict[Node, None]] = {}
         count = dict.fromkeys(queued, 0)  # how many queued nodes wait for each one
         for node, (core, request) in queued.items():
-            targets = {core.nodes[r] for r, _, _ in core.blockers(request.rank, hard=True)} & queued.keys()
-            targets.discard(node)
+            blocking = (core.nodes[r] for r, _, _ in core.blockers(request.rank, hard=True))
+            targets = dict.fromkeys(n for n in blocking if n in queued and n != node)
             waits_for[node] = targets
             for target in targets:
                 count[target] += 1
@@ -188,7 +191,7 @@ class WaitGraph:
                     self._renumber(queued)
                     return self.order(start)
                 core.reprioritize(request, priority)
-                self._reordered.update((core, key) for key in request.keys)
+                self._reordered.update(dict.fromkeys((core, key) for key in request.keys))
             for target in waits_for[node]:
                 limit[target] = min(limit[target], request.priority)
                 count[target] -= 1
@@ -196,9 +199,9 @@ class WaitGraph:
                     ready.append(target)
         return None
 
-    def reordered(self) -> set[tuple[Core, bytes]]:
-        """Return the queues (core, key) that the last :meth:`order` changed."""
-        return self._reordered
+    def reordered(self) -> list[tuple[Core, bytes]]:
+        """Return the queues (core, key) that the last :meth:`order` changed, in the order it changed them."""
+        return list(self._reordered)
 
     def _just_before(self, limit: float, queued: dict[Node, tuple[Core, Request]]) -> float | None:
         """Return a priority just ahead of ``limit``: behind every other queued request ahead of it (None: no room)."""

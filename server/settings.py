@@ -70,6 +70,24 @@ VARIABLES = {
             "longest sleep between two polls (the worst extra latency of an idle poller)",
         ),
         Variable(
+            "MPILOCK_NATIVE",
+            "1",
+            "1 or 0 (also true/false, yes/no, on/off)",
+            "serve locks from the native (C) loop where it was built; 0 forces the pure-Python loop",
+        ),
+        Variable(
+            "MPILOCK_NATIVE_HOT",
+            "0.005",
+            "seconds >= 0",
+            "how long after a request the native loop keeps polling every 10 µs (a client's think time)",
+        ),
+        Variable(
+            "MPILOCK_NATIVE_IDLE_SLEEP",
+            "0.005",
+            "seconds > 0",
+            "longest sleep of the idle native loop (the worst extra latency of the first grant after idling)",
+        ),
+        Variable(
             "MPILOCK_CONTENDED_SLEEP",
             "0.0005",
             "seconds >= 0 (0 switches the rule off)",
@@ -133,6 +151,9 @@ class Settings:
     client_spin: float
     max_sleep: float
     contended_sleep: float
+    native: bool
+    native_hot: float
+    native_idle_sleep: float
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -146,6 +167,9 @@ def load(environ: Mapping[str, str] = os.environ) -> Settings:
         client_spin=seconds("MPILOCK_CLIENT_SPIN", environ=environ),
         max_sleep=seconds("MPILOCK_MAX_SLEEP", positive=True, environ=environ),
         contended_sleep=seconds("MPILOCK_CONTENDED_SLEEP", environ=environ),
+        native=flag("MPILOCK_NATIVE", environ),
+        native_hot=seconds("MPILOCK_NATIVE_HOT", environ=environ),
+        native_idle_sleep=seconds("MPILOCK_NATIVE_IDLE_SLEEP", positive=True, environ=environ),
     )
 
 

@@ -103,6 +103,8 @@ def test_a_failure_inside_the_server_aborts_instead_of_hanging(where, silence, m
     result = run(
         f"""
         import threading
+        import os
+        os.environ["MPILOCK_NATIVE"] = "0"  # the Python loop's threads (tests/test_native_loop.py: the native one's)
         import time
         import mpilock
         from mpilock.server import loop

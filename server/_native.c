@@ -1,0 +1,2706 @@
+/*
+ * mpilock.server._native: the lock rules of server/core.py and server/deadlock.py in C, and a
+ * service loop thread that answers lock requests without the GIL.
+ *
+ * The Python LockCore is the reference: every function below mirrors one of core.py, locks.py
+ * or deadlock.py, in the same order of checks, mutations, iterations and replies, so that
+ * tests/test_native_core.py can require identical replies and state after every request.
+ * Where Python iterates a dict, C keeps the same insertion order (keys of a core, readers of
+ * a key, nodes of the wait graph).
+ *
+ * Threads.  One mutex (g_lock) guards every core, the wait graph, every channel and the event
+ * buffers.  The service thread (native_thread) polls the channels under it; a master's
+ * application thread may poll its own channel (help) with a trylock; Python calls take it with
+ * the GIL released.  Nobody waits for the GIL while holding g_lock, and the service thread never
+ * takes the GIL.  What needs Python (payloads, fences, stats, lock tables, texts of refusals,
+ * deadlocks and errors, a closed channel) goes through a queue (g_items) that a Python thread
+ * waits on (next_item, GIL released).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* -- protocol (checked against server/protocol.py by server/native.py) ----------------------- */
+enum { OP_READ = 1, OP_WRITE, OP_RELEASE, OP_CANCEL, OP_FENCE_BEGIN, OP_FENCE_END, OP_FENCE_WAIT, OP_COLLECT,
+       OP_CLOSE, OP_STATS, OP_BOUNDED, OP_DOWNGRADE, OP_SITE, OP_HELLO, OP_LOCKS };
+enum { R_GRANTED = 1, R_DENIED, R_CANCELLED, R_FENCE_DONE, R_PAYLOAD, R_CLOSED, R_ERROR, R_REFUSED, R_DEADLOCK };
+enum { F_TRY = 1, F_UPGRADE = 2, F_MULTI = 4, F_KEYS_IN_PAYLOAD = 8 };
+enum { TAG_REQUEST = 11, TAG_REPLY = 12 };
+#define HEADER_WORDS 7
+#define HEADER_BYTES (8 * HEADER_WORDS)
+#define MAX_MESSAGE 256
+enum { M_READ = 0, M_WRITE = 1, M_SLOT = 2 };
+
+/* Protocol errors (texts made by server/native_core.py from the kind and its data). */
+enum { E_NONE = 0, E_MEMBER, E_CLOSED, E_UNKNOWN_OP, E_BOUNDED_ARGS, E_DOWNGRADE, E_AWAITING, E_HOLDS, E_TWO_MODES,
+       E_DUPLICATE, E_UPGRADE, E_RELEASE, E_CLOSED_TWICE };
+enum { S_NONE = 0, S_ERROR, S_REFUSED, S_DEADLOCK };
+
+static void die(const char *what)
+{
+    fprintf(stderr, "mpilock native server: %s; aborting the MPI job\n", what);
+    fflush(stderr);
+    int up = 0;
+    MPI_Initialized(&up);
+    if (up)
+        MPI_Abort(MPI_COMM_WORLD, 70);
+    abort();
+}
+
+#define GROW(ptr, n, cap)                                                                  \
+    do {                                                                                   \
+        if ((size_t)(n) >= (size_t)(cap)) {                                                \
+            size_t grown_ = (cap) ? 2 * (size_t)(cap) : 4;                                 \
+            void *p_ = realloc((ptr), grown_ * sizeof(*(ptr)));                            \
+            if (!p_)                                                                       \
+                die("out of memory");                                                      \
+            (ptr) = p_;                                                                    \
+            (cap) = grown_;                                                                \
+        }                                                                                  \
+    } while (0)
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        die("out of memory");
+    return p;
+}
+
+static double monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* -- data --------------------------------------------------------------------------------------- */
+typedef struct Hold {
+    int64_t seq, site;
+    double since;
+    int has_before;
+    int64_t bseq, bsite;
+    double bsince;
+} Hold;
+
+typedef struct Core Core;
+typedef struct KeyState KeyState;
+
+typedef struct Request {
+    Core *core;
+    int rank, mode, nkeys;
+    int64_t seq, site;
+    double since, priority;
+    KeyState **keys;
+} Request;
+
+struct KeyState {
+    uint8_t *key;
+    size_t len;
+    uint64_t hash;
+    KeyState *hnext, *prev, *next;
+    int64_t limit;
+    int nreaders, capr;
+    int *rranks;
+    Hold *rholds;
+    int writer;
+    Hold write_hold;
+    Request **writers;
+    int nwriters, capw;
+    Request **wreaders;
+    int nwreaders, capwr;
+    int early;
+};
+
+typedef struct Member {
+    Core *core;
+    int rank;
+} Member;
+
+typedef struct Node {
+    int64_t world, token;
+    Member *m;
+    int nm, capm;
+} Node;
+
+typedef struct KeyRef {
+    const uint8_t *data;
+    size_t len;
+} KeyRef;
+
+typedef struct Reordered {
+    Core *core;
+    uint8_t *key;
+    size_t len;
+} Reordered;
+
+typedef struct Graph {
+    Node **nodes; /* insertion order of WaitGraph._members */
+    int n, cap;
+    double arrivals;
+    Reordered *re;
+    int nre, capre;
+    int refs;
+} Graph;
+
+typedef struct Reply {
+    int rank, code;
+    int64_t seq;
+} Reply;
+
+typedef struct Out {
+    Reply *r;
+    int n, cap;
+} Out;
+
+/* One edge of a deadlock, with what describe_cycle needs to name it. */
+typedef struct CycleEdge {
+    uint64_t core_uid;
+    int waiter, target, queued;
+    int64_t waiter_world;
+    uint8_t *key;
+    size_t len;
+    int hold_mode;
+    int64_t hold_site;
+    int wait_mode;
+    int64_t wait_site;
+} CycleEdge;
+
+typedef struct Special {
+    int kind;  /* S_* */
+    int error; /* E_* */
+    int key;   /* index of the key an error or refusal names, -1 if none */
+    int64_t a, b;
+    int *users;
+    int nusers;
+    CycleEdge *cycle;
+    int ncycle;
+} Special;
+
+typedef struct Events {
+    uint8_t *buf;
+    size_t n, cap;
+    size_t count;
+} Events;
+
+typedef struct Channel Channel;
+
+struct Core {
+    uint64_t uid;
+    int size, nmembers;
+    char *member;
+    KeyState **buckets;
+    size_t nbuckets, count;
+    KeyState *first, *last;
+    Request **waiting;
+    int64_t *held;
+    Node **nodes;
+    Graph *graph;
+    int64_t *closing_seq;
+    char *closing;
+    int nclosing, closed, joined;
+    Reply *outbox;
+    int noutbox, capout;
+    int record;
+    Events ev;
+    Channel *channel;
+    int refs; /* the Python object and an attached channel */
+};
+
+static uint64_t g_uids = 0;
+
+/* -- keys ---------------------------------------------------------------------------------------- */
+static uint64_t hash_key(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static KeyState *table_get(Core *c, const uint8_t *p, size_t n, uint64_t h)
+{
+    for (KeyState *s = c->buckets[h & (c->nbuckets - 1)]; s; s = s->hnext)
+        if (s->hash == h && s->len == n && (n == 0 || memcmp(s->key, p, n) == 0))
+            return s;
+    return NULL;
+}
+
+static void table_rehash(Core *c)
+{
+    size_t nb = c->nbuckets * 2;
+    KeyState **b = calloc(nb, sizeof(*b));
+    if (!b)
+        die("out of memory");
+    for (KeyState *s = c->first; s; s = s->next) {
+        s->hnext = b[s->hash & (nb - 1)];
+        b[s->hash & (nb - 1)] = s;
+    }
+    free(c->buckets);
+    c->buckets = b;
+    c->nbuckets = nb;
+}
+
+static KeyState *state_new(Core *c, const uint8_t *p, size_t n, int64_t limit)
+{
+    KeyState *s = calloc(1, sizeof(*s));
+    if (!s)
+        die("out of memory");
+    s->key = xmalloc(n);
+    if (n)
+        memcpy(s->key, p, n);
+    s->len = n;
+    s->hash = hash_key(p, n);
+    s->limit = limit;
+    s->writer = -1;
+    /* table[key] = state: appended to the insertion order */
+    if (c->count + 1 > c->nbuckets)
+        table_rehash(c);
+    s->hnext = c->buckets[s->hash & (c->nbuckets - 1)];
+    c->buckets[s->hash & (c->nbuckets - 1)] = s;
+    s->prev = c->last;
+    if (c->last)
+        c->last->next = s;
+    else
+        c->first = s;
+    c->last = s;
+    c->count++;
+    return s;
+}
+
+static void state_free(KeyState *s)
+{
+    free(s->key);
+    free(s->rranks);
+    free(s->rholds);
+    free(s->writers);
+    free(s->wreaders);
+    free(s);
+}
+
+static void table_del(Core *c, KeyState *s)
+{
+    KeyState **at = &c->buckets[s->hash & (c->nbuckets - 1)];
+    while (*at != s)
+        at = &(*at)->hnext;
+    *at = s->hnext;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->first = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        c->last = s->prev;
+    c->count--;
+    state_free(s);
+}
+
+/* -- KeyState (locks.py) --------------------------------------------------------------------------- */
+static int state_idle(KeyState *s)
+{
+    return s->writer < 0 && !s->nreaders && !s->nwriters && !s->nwreaders;
+}
+
+static int reader_index(KeyState *s, int rank)
+{
+    for (int i = 0; i < s->nreaders; i++)
+        if (s->rranks[i] == rank)
+            return i;
+    return -1;
+}
+
+static int state_holds(KeyState *s, int rank)
+{
+    return s->writer == rank || reader_index(s, rank) >= 0;
+}
+
+static int free_for(KeyState *s, int mode)
+{
+    if (mode == M_READ)
+        return s->writer < 0;
+    if (mode == M_WRITE)
+        return s->writer < 0 && !s->nreaders;
+    return s->nreaders < s->limit;
+}
+
+static void readers_add(KeyState *s, int rank, Hold h)
+{
+    if (s->nreaders >= s->capr) {
+        int cap = s->capr ? 2 * s->capr : 4;
+        s->rranks = realloc(s->rranks, (size_t)cap * sizeof(int));
+        s->rholds = realloc(s->rholds, (size_t)cap * sizeof(Hold));
+        if (!s->rranks || !s->rholds)
+            die("out of memory");
+        s->capr = cap;
+    }
+    s->rranks[s->nreaders] = rank;
+    s->rholds[s->nreaders] = h;
+    s->nreaders++;
+}
+
+/* readers.pop(rank): 1 and the hold if it was there */
+static int readers_pop(KeyState *s, int rank, Hold *out)
+{
+    int i = reader_index(s, rank);
+    if (i < 0)
+        return 0;
+    if (out)
+        *out = s->rholds[i];
+    memmove(s->rranks + i, s->rranks + i + 1, (size_t)(s->nreaders - i - 1) * sizeof(int));
+    memmove(s->rholds + i, s->rholds + i + 1, (size_t)(s->nreaders - i - 1) * sizeof(Hold));
+    s->nreaders--;
+    return 1;
+}
+
+static int ahead_of_writers(KeyState *s, Request *r)
+{
+    return !s->nwriters || r->priority < s->writers[0]->priority;
+}
+
+static void state_queue(KeyState *s, Request *r)
+{
+    if (r->mode == M_READ) {
+        GROW(s->wreaders, s->nwreaders, s->capwr);
+        s->wreaders[s->nwreaders++] = r;
+        if (r->priority < INFINITY)
+            s->early++;
+        return;
+    }
+    GROW(s->writers, s->nwriters, s->capw);
+    if (!s->nwriters || s->writers[s->nwriters - 1]->priority < r->priority) {
+        s->writers[s->nwriters++] = r;
+        return;
+    }
+    int at = 0;
+    while (at < s->nwriters && !(s->writers[at]->priority > r->priority))
+        at++;
+    memmove(s->writers + at + 1, s->writers + at, (size_t)(s->nwriters - at) * sizeof(Request *));
+    s->writers[at] = r;
+    s->nwriters++;
+}
+
+static void remove_ptr(Request **list, int *n, Request *r)
+{
+    for (int i = 0; i < *n; i++)
+        if (list[i] == r) {
+            memmove(list + i, list + i + 1, (size_t)(*n - i - 1) * sizeof(Request *));
+            (*n)--;
+            return;
+        }
+    die("internal error: a request missing from a queue");
+}
+
+static void state_unqueue(KeyState *s, Request *r, int readers_too)
+{
+    if (r->mode != M_READ) {
+        remove_ptr(s->writers, &s->nwriters, r);
+        return;
+    }
+    if (readers_too)
+        remove_ptr(s->wreaders, &s->nwreaders, r);
+    if (r->priority < INFINITY)
+        s->early--;
+}
+
+static Request *state_ahead(KeyState *s, Request *r)
+{
+    if (r->mode == M_READ) {
+        Request *last = NULL;
+        for (int i = 0; i < s->nwriters; i++) {
+            if (s->writers[i]->priority > r->priority)
+                break;
+            last = s->writers[i];
+        }
+        return last;
+    }
+    for (int i = 0; i < s->nwriters; i++)
+        if (s->writers[i] == r)
+            return i ? s->writers[i - 1] : NULL;
+    die("internal error: a request missing from its queue");
+    return NULL;
+}
+
+/* -- replies and events ------------------------------------------------------------------------------ */
+static void out_add(Out *o, int rank, int code, int64_t seq)
+{
+    GROW(o->r, o->n, o->cap);
+    o->r[o->n].rank = rank;
+    o->r[o->n].code = code;
+    o->r[o->n].seq = seq;
+    o->n++;
+}
+
+static void ev_put(Events *e, const void *p, size_t n)
+{
+    if (e->n + n > e->cap) {
+        size_t cap = e->cap ? e->cap : 4096;
+        while (e->n + n > cap)
+            cap *= 2;
+        e->buf = realloc(e->buf, cap);
+        if (!e->buf)
+            die("out of memory");
+        e->cap = cap;
+    }
+    memcpy(e->buf + e->n, p, n);
+    e->n += n;
+}
+
+typedef struct EventHead {
+    double now;
+    int32_t rank, op;
+    int64_t seq;
+    uint32_t nkeys, nreplies;
+} EventHead;
+
+/* What Recorder.observe gets: one request on its keys and the replies it caused. */
+static void record(Core *c, double now, int rank, int op, int64_t seq, const KeyRef *keys, int nkeys,
+                   const Reply *replies, int nreplies)
+{
+    if (!c->record)
+        return;
+    EventHead h = {now, rank, op, seq, (uint32_t)nkeys, (uint32_t)nreplies};
+    ev_put(&c->ev, &h, sizeof h);
+    for (int i = 0; i < nkeys; i++) {
+        uint32_t len = (uint32_t)keys[i].len;
+        ev_put(&c->ev, &len, sizeof len);
+        ev_put(&c->ev, keys[i].data, keys[i].len);
+    }
+    for (int i = 0; i < nreplies; i++) {
+        int32_t rc[2] = {replies[i].rank, replies[i].code};
+        ev_put(&c->ev, rc, sizeof rc);
+        ev_put(&c->ev, &replies[i].seq, sizeof(int64_t));
+    }
+    c->ev.count++;
+}
+
+/* -- the wait graph (deadlock.py) --------------------------------------------------------------------- */
+static Node *graph_find(Graph *g, int64_t world, int64_t token)
+{
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i]->world == world && g->nodes[i]->token == token)
+            return g->nodes[i];
+    return NULL;
+}
+
+/* _members.setdefault(node, []).append((core, rank)) */
+static Node *graph_add(Graph *g, int64_t world, int64_t token, Core *c, int rank)
+{
+    Node *n = graph_find(g, world, token);
+    if (!n) {
+        n = calloc(1, sizeof(*n));
+        if (!n)
+            die("out of memory");
+        n->world = world;
+        n->token = token;
+        GROW(g->nodes, g->n, g->cap);
+        g->nodes[g->n++] = n;
+    }
+    GROW(n->m, n->nm, n->capm);
+    n->m[n->nm].core = c;
+    n->m[n->nm].rank = rank;
+    n->nm++;
+    return n;
+}
+
+static void graph_drop_member(Graph *g, Node *n, Core *c, int rank)
+{
+    int k = 0;
+    for (int i = 0; i < n->nm; i++)
+        if (!(n->m[i].core == c && (rank < 0 || n->m[i].rank == rank)))
+            n->m[k++] = n->m[i];
+    n->nm = k;
+    if (k)
+        return;
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i] == n) {
+            memmove(g->nodes + i, g->nodes + i + 1, (size_t)(g->n - i - 1) * sizeof(Node *));
+            g->n--;
+            break;
+        }
+    free(n->m);
+    free(n);
+}
+
+static void graph_join(Graph *g, Core *c)
+{
+    for (int r = 0; r < c->size; r++)
+        c->nodes[r] = graph_add(g, -1 - (int64_t)r, (int64_t)c->uid, c, r);
+    c->joined = 1;
+}
+
+static void graph_leave(Graph *g, Core *c)
+{
+    if (!c->joined)
+        return;
+    Node **kept = xmalloc((size_t)c->size * sizeof(Node *));
+    for (int r = 0; r < c->size; r++) { /* the core keeps the values of its nodes, as LockCore.nodes does */
+        kept[r] = calloc(1, sizeof(Node));
+        if (!kept[r])
+            die("out of memory");
+        kept[r]->world = c->nodes[r]->world;
+        kept[r]->token = c->nodes[r]->token;
+    }
+    for (int r = 0; r < c->size; r++) {
+        Node *n = c->nodes[r];
+        int found = 0;
+        for (int i = 0; i < g->n && !found; i++)
+            found = g->nodes[i] == n;
+        if (found)
+            graph_drop_member(g, n, c, -1);
+    }
+    memcpy(c->nodes, kept, (size_t)c->size * sizeof(Node *));
+    free(kept);
+    c->joined = 0;
+}
+
+static void graph_move(Graph *g, Core *c, int rank, int64_t world, int64_t token)
+{
+    Node *old = c->nodes[rank];
+    if (old->world == world && old->token == token)
+        return;
+    graph_drop_member(g, old, c, rank);
+    c->nodes[rank] = graph_add(g, world, token, c, rank);
+}
+
+static double graph_next_arrival(Graph *g)
+{
+    g->arrivals += 1.0;
+    return g->arrivals;
+}
+
+static int graph_holds_anything(Node *n)
+{
+    for (int i = 0; i < n->nm; i++)
+        if (n->m[i].core->held[n->m[i].rank])
+            return 1;
+    return 0;
+}
+
+typedef struct Edge {
+    Node *waiter, *target;
+    Core *core;
+    int waiter_rank, target_rank, queued;
+    KeyState *key;
+} Edge;
+
+typedef struct Edges {
+    Edge *e;
+    int n, cap;
+} Edges;
+
+static void edge_add(Edges *es, Node *w, Core *c, int wr, int tr, KeyState *key, int queued)
+{
+    GROW(es->e, es->n, es->cap);
+    Edge *e = &es->e[es->n++];
+    e->waiter = w;
+    e->target = c->nodes[tr];
+    e->core = c;
+    e->waiter_rank = wr;
+    e->target_rank = tr;
+    e->key = key;
+    e->queued = queued;
+}
+
+/* LockCore.blockers: (rank waited for, key, queued) for rank's queued request */
+static void blockers(Core *c, int rank, int hard, Node *w, Edges *es)
+{
+    Request *r = c->waiting[rank];
+    if (!r)
+        return;
+    for (int k = 0; k < r->nkeys; k++) {
+        KeyState *s = r->keys[k];
+        if (!hard) {
+            Request *ahead = state_ahead(s, r);
+            if (ahead) {
+                edge_add(es, w, c, rank, ahead->rank, s, 1);
+                continue;
+            }
+        }
+        if (r->mode == M_READ) {
+            if (s->writer >= 0)
+                edge_add(es, w, c, rank, s->writer, s, 0);
+        } else if (r->mode == M_WRITE) {
+            if (s->writer >= 0)
+                edge_add(es, w, c, rank, s->writer, s, 0);
+            for (int i = 0; i < s->nreaders; i++)
+                edge_add(es, w, c, rank, s->rranks[i], s, 0);
+        } else if (s->nreaders >= s->limit) {
+            for (int i = 0; i < s->nreaders; i++)
+                edge_add(es, w, c, rank, s->rranks[i], s, 0);
+        }
+    }
+}
+
+static void graph_edges(Node *n, int hard, Edges *es)
+{
+    es->n = 0;
+    for (int i = 0; i < n->nm; i++)
+        blockers(n->m[i].core, n->m[i].rank, hard, n, es);
+}
+
+/* WaitGraph.find_cycle; returns the number of edges of the cycle written to *cycle (0: none). */
+static int find_cycle(Node *start, int hard, Edge **cycle)
+{
+    int depth = 0, cap = 8;
+    Edges *pending = calloc((size_t)cap, sizeof(Edges));
+    int *at = calloc((size_t)cap, sizeof(int));
+    Edge *path = calloc((size_t)cap, sizeof(Edge));
+    Node **seen = NULL;
+    int nseen = 0, capseen = 0, found = 0;
+    if (!pending || !at || !path)
+        die("out of memory");
+    GROW(seen, nseen, capseen);
+    seen[nseen++] = start;
+    graph_edges(start, hard, &pending[0]);
+    at[0] = 0;
+    depth = 1;
+    int npath = 0;
+    while (depth) {
+        Edges *top = &pending[depth - 1];
+        if (at[depth - 1] >= top->n) {
+            depth--;
+            if (npath)
+                npath--;
+            continue;
+        }
+        Edge e = top->e[at[depth - 1]++];
+        if (e.target == start) {
+            *cycle = xmalloc((size_t)(npath + 1) * sizeof(Edge));
+            memcpy(*cycle, path, (size_t)npath * sizeof(Edge));
+            (*cycle)[npath] = e;
+            found = npath + 1;
+            break;
+        }
+        int was = 0;
+        for (int i = 0; i < nseen && !was; i++)
+            was = seen[i] == e.target;
+        if (was)
+            continue;
+        GROW(seen, nseen, capseen);
+        seen[nseen++] = e.target;
+        if (depth >= cap) {
+            int grown = 2 * cap;
+            pending = realloc(pending, (size_t)grown * sizeof(Edges));
+            at = realloc(at, (size_t)grown * sizeof(int));
+            path = realloc(path, (size_t)grown * sizeof(Edge));
+            if (!pending || !at || !path)
+                die("out of memory");
+            memset(pending + cap, 0, (size_t)(grown - cap) * sizeof(Edges));
+            cap = grown;
+        }
+        path[npath++] = e;
+        graph_edges(e.target, hard, &pending[depth]);
+        at[depth] = 0;
+        depth++;
+    }
+    for (int i = 0; i < cap; i++)
+        free(pending[i].e);
+    free(pending);
+    free(at);
+    free(path);
+    free(seen);
+    return found;
+}
+
+static void core_reprioritize(Core *c, Request *r, double priority)
+{
+    (void)c;
+    for (int k = 0; k < r->nkeys; k++)
+        state_unqueue(r->keys[k], r, 1);
+    r->priority = priority;
+    for (int k = 0; k < r->nkeys; k++)
+        state_queue(r->keys[k], r);
+}
+
+typedef struct Queued {
+    Node *node;
+    Core *core;
+    Request *req;
+    int *targets;
+    int ntargets, captargets;
+    int count;
+    double limit;
+} Queued;
+
+static int queued_index(Queued *q, int n, Node *node)
+{
+    for (int i = 0; i < n; i++)
+        if (q[i].node == node)
+            return i;
+    return -1;
+}
+
+static void reordered_add(Graph *g, Core *c, KeyState *s)
+{
+    for (int i = 0; i < g->nre; i++)
+        if (g->re[i].core == c && g->re[i].len == s->len && (s->len == 0 || !memcmp(g->re[i].key, s->key, s->len)))
+            return;
+    GROW(g->re, g->nre, g->capre);
+    g->re[g->nre].core = c;
+    g->re[g->nre].key = xmalloc(s->len);
+    if (s->len)
+        memcpy(g->re[g->nre].key, s->key, s->len);
+    g->re[g->nre].len = s->len;
+    g->nre++;
+}
+
+static void reordered_clear(Graph *g)
+{
+    for (int i = 0; i < g->nre; i++)
+        free(g->re[i].key);
+    g->nre = 0;
+}
+
+/* WaitGraph.order: a hard cycle through start (returned), or the queues reordered (g->re). */
+static int graph_order(Graph *g, Node *start, Edge **cycle)
+{
+    for (;;) {
+        reordered_clear(g);
+        int found = find_cycle(start, 1, cycle);
+        if (found)
+            return found;
+        Queued *q = NULL;
+        int nq = 0, capq = 0;
+        for (int i = 0; i < g->n; i++) {
+            Node *node = g->nodes[i];
+            for (int j = 0; j < node->nm; j++) {
+                Request *r = node->m[j].core->waiting[node->m[j].rank];
+                if (!r)
+                    continue;
+                int at = queued_index(q, nq, node);
+                if (at < 0) {
+                    GROW(q, nq, capq);
+                    memset(&q[nq], 0, sizeof(Queued));
+                    q[nq].node = node;
+                    at = nq++;
+                }
+                q[at].core = node->m[j].core;
+                q[at].req = r;
+            }
+        }
+        Edges es = {0};
+        for (int i = 0; i < nq; i++) {
+            es.n = 0;
+            blockers(q[i].core, q[i].req->rank, 1, q[i].node, &es);
+            for (int k = 0; k < es.n; k++) {
+                int t = queued_index(q, nq, es.e[k].target);
+                if (t < 0 || t == i)
+                    continue;
+                int dup = 0;
+                for (int m = 0; m < q[i].ntargets && !dup; m++)
+                    dup = q[i].targets[m] == t;
+                if (dup)
+                    continue;
+                GROW(q[i].targets, q[i].ntargets, q[i].captargets);
+                q[i].targets[q[i].ntargets++] = t;
+            }
+            for (int m = 0; m < q[i].ntargets; m++)
+                q[q[i].targets[m]].count++;
+        }
+        free(es.e);
+        int *ready = xmalloc((size_t)(nq + 1) * sizeof(int));
+        int nready = 0, again = 0;
+        for (int i = 0; i < nq; i++) {
+            q[i].limit = INFINITY;
+            if (q[i].count == 0)
+                ready[nready++] = i;
+        }
+        while (nready) {
+            int i = ready[--nready];
+            Request *r = q[i].req;
+            double limit = q[i].limit;
+            if (limit < INFINITY && r->priority >= limit) {
+                /* _just_before */
+                double below = limit - 2.0;
+                int any = 0;
+                for (int m = 0; m < nq; m++) {
+                    double p = q[m].req->priority;
+                    if (p < limit && (!any || p > below)) {
+                        below = p;
+                        any = 1;
+                    }
+                }
+                double middle = (below + limit) / 2;
+                if (!(below < middle && middle < limit)) {
+                    /* _renumber: space the finite priorities out, in their order, and start again */
+                    int *order = xmalloc((size_t)(nq + 1) * sizeof(int));
+                    int no = 0;
+                    for (int m = 0; m < nq; m++) {
+                        if (!(q[m].req->priority < INFINITY))
+                            continue;
+                        int pos = no;
+                        while (pos > 0 && q[order[pos - 1]].req->priority > q[m].req->priority) {
+                            order[pos] = order[pos - 1];
+                            pos--;
+                        }
+                        order[pos] = m;
+                        no++;
+                    }
+                    for (int m = 0; m < no; m++)
+                        core_reprioritize(q[order[m]].core, q[order[m]].req, 4.0 * (m + 1));
+                    g->arrivals = 4.0 * no + 4.0;
+                    free(order);
+                    again = 1;
+                    break;
+                }
+                core_reprioritize(q[i].core, r, middle);
+                for (int k = 0; k < r->nkeys; k++)
+                    reordered_add(g, q[i].core, r->keys[k]);
+            }
+            for (int m = 0; m < q[i].ntargets; m++) {
+                int t = q[i].targets[m];
+                if (r->priority < q[t].limit)
+                    q[t].limit = r->priority;
+                if (--q[t].count == 0)
+                    ready[nready++] = t;
+            }
+        }
+        free(ready);
+        for (int i = 0; i < nq; i++)
+            free(q[i].targets);
+        free(q);
+        if (!again)
+            return 0;
+    }
+}
+
+/* -- the core (core.py) ------------------------------------------------------------------------------- */
+static KeyState *get_key(Core *c, const uint8_t *p, size_t n)
+{
+    return table_get(c, p, n, hash_key(p, n));
+}
+
+static void grant_queued(Core *c, Request *r, Out *out, KeyState *taken);
+
+static int at_head(Core *c, Request *r)
+{
+    (void)c;
+    for (int k = 0; k < r->nkeys; k++) {
+        KeyState *s = r->keys[k];
+        if (r->mode == M_READ) {
+            if (s->writer >= 0 || !ahead_of_writers(s, r))
+                return 0;
+        } else if (s->writer >= 0 || s->nreaders || s->writers[0] != r) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void unqueue(Core *c, Request *r, KeyState *taken)
+{
+    c->waiting[r->rank] = NULL;
+    for (int k = 0; k < r->nkeys; k++)
+        state_unqueue(r->keys[k], r, r->keys[k] != taken);
+}
+
+static void request_free(Request *r)
+{
+    free(r->keys);
+    free(r);
+}
+
+static void grant_queued(Core *c, Request *r, Out *out, KeyState *taken)
+{
+    unqueue(c, r, taken);
+    Hold h = {r->seq, r->site, r->since, 0, 0, 0, 0.0};
+    for (int k = 0; k < r->nkeys; k++) {
+        KeyState *s = r->keys[k];
+        if (r->mode == M_WRITE) {
+            s->writer = r->rank;
+            s->write_hold = h;
+        } else {
+            readers_add(s, r->rank, h);
+        }
+    }
+    c->held[r->rank] += r->nkeys;
+    out_add(out, r->rank, R_GRANTED, r->seq);
+    request_free(r);
+}
+
+static void schedule_state(Core *c, KeyState *s, Out *out)
+{
+    if (s->limit) {
+        while (s->nwriters && s->nreaders < s->limit)
+            grant_queued(c, s->writers[0], out, NULL);
+    } else if (s->writer < 0) {
+        if (s->nwreaders && (s->early || !s->nwriters)) {
+            int n = s->nwreaders;
+            Request **waiting = xmalloc((size_t)n * sizeof(Request *));
+            memcpy(waiting, s->wreaders, (size_t)n * sizeof(Request *));
+            s->nwreaders = 0;
+            for (int i = 0; i < n; i++) {
+                Request *r = waiting[i];
+                if (ahead_of_writers(s, r) && (r->nkeys == 1 || at_head(c, r))) {
+                    grant_queued(c, r, out, s);
+                } else {
+                    GROW(s->wreaders, s->nwreaders, s->capwr);
+                    s->wreaders[s->nwreaders++] = r;
+                }
+            }
+            free(waiting);
+        }
+        if (s->nwriters && !s->nreaders && at_head(c, s->writers[0]))
+            grant_queued(c, s->writers[0], out, NULL);
+    }
+    if (s->len && state_idle(s))
+        table_del(c, s);
+}
+
+static void schedule(Core *c, const uint8_t *p, size_t n, Out *out)
+{
+    KeyState *s = get_key(c, p, n);
+    if (s)
+        schedule_state(c, s, out);
+}
+
+static void drop_if_idle(Core *c, const uint8_t *p, size_t n)
+{
+    KeyState *s = get_key(c, p, n);
+    if (n && s && state_idle(s))
+        table_del(c, s);
+}
+
+static int holds_locks(Core *c, Request *r)
+{
+    return c->held[r->rank] > 0 || graph_holds_anything(c->nodes[r->rank]);
+}
+
+static void outbox_add(Core *c, int rank, int code, int64_t seq);
+
+static int set_error(Special *sp, int error, int key)
+{
+    sp->kind = S_ERROR;
+    sp->error = error;
+    sp->key = key;
+    return -1;
+}
+
+static void capture_cycle(Edge *cycle, int n, Special *sp)
+{
+    sp->kind = S_DEADLOCK;
+    sp->cycle = calloc((size_t)n, sizeof(CycleEdge));
+    if (!sp->cycle)
+        die("out of memory");
+    sp->ncycle = n;
+    for (int i = 0; i < n; i++) {
+        Edge *e = &cycle[i];
+        CycleEdge *ce = &sp->cycle[i];
+        Core *c = e->core;
+        ce->core_uid = c->uid;
+        ce->waiter = e->waiter_rank;
+        ce->target = e->target_rank;
+        ce->queued = e->queued;
+        ce->waiter_world = c->nodes[e->waiter_rank]->world;
+        ce->len = e->key->len;
+        ce->key = xmalloc(e->key->len);
+        if (e->key->len)
+            memcpy(ce->key, e->key->key, e->key->len);
+        /* describe_hold(target_rank, key, queued) */
+        if (e->queued) {
+            ce->hold_mode = c->waiting[e->target_rank]->mode;
+            ce->hold_site = 0;
+        } else if (e->key->writer == e->target_rank) {
+            ce->hold_mode = M_WRITE;
+            ce->hold_site = e->key->write_hold.site;
+        } else {
+            int at = reader_index(e->key, e->target_rank);
+            ce->hold_mode = e->key->limit ? M_SLOT : M_READ;
+            ce->hold_site = at >= 0 ? e->key->rholds[at].site : 0;
+        }
+        /* describe_wait(waiter_rank, key) */
+        Request *w = c->waiting[e->waiter_rank];
+        ce->wait_mode = w->mode;
+        ce->wait_site = w->site;
+    }
+}
+
+static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, int mode, int64_t limit,
+                        int64_t flags, int64_t site, double now, Out *out, Special *sp)
+{
+    if (c->waiting[rank])
+        return set_error(sp, E_AWAITING, -1);
+    Node *node = c->nodes[rank];
+    int holder = c->held[rank] > 0 || graph_holds_anything(node);
+    KeyState **states = xmalloc((size_t)nkeys * sizeof(KeyState *));
+    int grantable = 1;
+    for (int k = 0; k < nkeys; k++) {
+        KeyState *s = get_key(c, keys[k].data, keys[k].len);
+        states[k] = s;
+        if (!s)
+            continue;
+        if (state_holds(s, rank)) {
+            free(states);
+            return set_error(sp, E_HOLDS, k);
+        }
+        if (s->limit != limit) {
+            free(states);
+            if (mode != M_SLOT || !s->limit)
+                return set_error(sp, E_TWO_MODES, k);
+            /* _refuse_limit: users = sorted(set(readers) | {queued ranks}) */
+            sp->kind = S_REFUSED;
+            sp->key = k;
+            sp->a = s->limit;
+            sp->b = limit;
+            sp->users = xmalloc((size_t)(s->nreaders + s->nwriters) * sizeof(int));
+            for (int i = 0; i < s->nreaders; i++)
+                sp->users[sp->nusers++] = s->rranks[i];
+            for (int i = 0; i < s->nwriters; i++)
+                sp->users[sp->nusers++] = s->writers[i]->rank;
+            out_add(out, rank, R_REFUSED, seq);
+            return 0;
+        }
+        if (grantable && (s->nwriters || !free_for(s, mode)))
+            grantable = 0;
+    }
+    if (nkeys > 1)
+        for (int i = 0; i < nkeys; i++)
+            for (int j = i + 1; j < nkeys; j++)
+                if (keys[i].len == keys[j].len && (!keys[i].len || !memcmp(keys[i].data, keys[j].data, keys[i].len))) {
+                    free(states);
+                    return set_error(sp, E_DUPLICATE, -1);
+                }
+    if (grantable) {
+        Hold h = {seq, site, now, 0, 0, 0, 0.0};
+        for (int k = 0; k < nkeys; k++) {
+            KeyState *s = states[k] ? states[k] : state_new(c, keys[k].data, keys[k].len, limit);
+            if (mode == M_WRITE) {
+                s->writer = rank;
+                s->write_hold = h;
+            } else {
+                readers_add(s, rank, h);
+            }
+        }
+        c->held[rank] += nkeys;
+        out_add(out, rank, R_GRANTED, seq);
+        free(states);
+        return 0;
+    }
+    if (flags & F_TRY) {
+        out_add(out, rank, R_DENIED, seq);
+        free(states);
+        return 0;
+    }
+    Request *r = calloc(1, sizeof(Request));
+    if (!r)
+        die("out of memory");
+    r->core = c;
+    r->rank = rank;
+    r->seq = seq;
+    r->mode = mode;
+    r->site = site;
+    r->since = now;
+    r->priority = mode == M_READ ? INFINITY : graph_next_arrival(c->graph);
+    r->nkeys = nkeys;
+    r->keys = states;
+    for (int k = 0; k < nkeys; k++) {
+        if (!states[k])
+            states[k] = state_new(c, keys[k].data, keys[k].len, limit);
+        state_queue(states[k], r);
+    }
+    c->waiting[rank] = r;
+    int check = holder;
+    if (!check && mode == M_WRITE)
+        for (int k = 0; k < nkeys && !check; k++)
+            for (int i = 0; i < states[k]->nwreaders && !check; i++)
+                check = holds_locks(c, states[k]->wreaders[i]);
+    if (!check)
+        return 0;
+    Edge *cycle = NULL;
+    int n = graph_order(c->graph, node, &cycle);
+    if (n) {
+        capture_cycle(cycle, n, sp);
+        free(cycle);
+        unqueue(c, r, NULL);
+        request_free(r);
+        for (int k = 0; k < nkeys; k++)
+            drop_if_idle(c, keys[k].data, keys[k].len);
+        out_add(out, rank, R_DEADLOCK, seq);
+        return 0;
+    }
+    Graph *g = c->graph;
+    int nre = g->nre;
+    Reordered *re = xmalloc((size_t)(nre + 1) * sizeof(Reordered));
+    memcpy(re, g->re, (size_t)nre * sizeof(Reordered));
+    g->nre = 0; /* the keys are ours now */
+    for (int i = 0; i < nre; i++) {
+        if (re[i].core == c) {
+            schedule(c, re[i].key, re[i].len, out);
+        } else {
+            Out other = {0};
+            schedule(re[i].core, re[i].key, re[i].len, &other);
+            for (int j = 0; j < other.n; j++)
+                outbox_add(re[i].core, other.r[j].rank, other.r[j].code, other.r[j].seq);
+            free(other.r);
+        }
+        free(re[i].key);
+    }
+    free(re);
+    return 0;
+}
+
+static int core_upgrade(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, int64_t site, double now,
+                        Out *out, Special *sp)
+{
+    KeyState **states = xmalloc((size_t)nkeys * sizeof(KeyState *));
+    for (int k = 0; k < nkeys; k++) {
+        KeyState *s = get_key(c, keys[k].data, keys[k].len);
+        if (!s || reader_index(s, rank) < 0 || s->limit) {
+            free(states);
+            return set_error(sp, E_UPGRADE, k);
+        }
+        states[k] = s;
+    }
+    for (int k = 0; k < nkeys; k++)
+        if (states[k]->nreaders > 1 || states[k]->nwriters) {
+            out_add(out, rank, R_DENIED, seq);
+            free(states);
+            return 0;
+        }
+    for (int k = 0; k < nkeys; k++) {
+        Hold before;
+        if (!readers_pop(states[k], rank, &before))
+            die("internal error: an upgrade named a key twice");
+        Hold h = {seq, site, now, 1, before.seq, before.site, before.since};
+        states[k]->writer = rank;
+        states[k]->write_hold = h;
+    }
+    out_add(out, rank, R_GRANTED, seq);
+    free(states);
+    return 0;
+}
+
+static int release_key(Core *c, int rank, const KeyRef *key, int index, Special *sp)
+{
+    KeyState *s = get_key(c, key->data, key->len);
+    if (s) {
+        if (s->writer == rank) {
+            s->writer = -1;
+            c->held[rank]--;
+            return 0;
+        }
+        if (readers_pop(s, rank, NULL)) {
+            c->held[rank]--;
+            return 0;
+        }
+    }
+    return set_error(sp, E_RELEASE, index);
+}
+
+static void downgrade_state(int rank, KeyState *s)
+{
+    Hold h = s->write_hold;
+    s->writer = -1;
+    Hold back = h.has_before ? (Hold){h.bseq, h.bsite, h.bsince, 0, 0, 0, 0.0} : (Hold){h.seq, h.site, h.since, 0, 0, 0, 0.0};
+    readers_add(s, rank, back);
+}
+
+static int core_cancel(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, Out *out, Special *sp)
+{
+    Request *r = c->waiting[rank];
+    if (r && r->seq == seq) {
+        unqueue(c, r, NULL);
+        /* keys = request.keys: schedule them after the reply */
+        int n = r->nkeys;
+        KeyRef *mine = xmalloc((size_t)n * sizeof(KeyRef));
+        uint8_t **copies = xmalloc((size_t)n * sizeof(uint8_t *));
+        for (int k = 0; k < n; k++) {
+            copies[k] = xmalloc(r->keys[k]->len);
+            if (r->keys[k]->len)
+                memcpy(copies[k], r->keys[k]->key, r->keys[k]->len);
+            mine[k].data = copies[k];
+            mine[k].len = r->keys[k]->len;
+        }
+        request_free(r);
+        out_add(out, rank, R_CANCELLED, seq);
+        for (int k = 0; k < n; k++)
+            schedule(c, mine[k].data, mine[k].len, out);
+        for (int k = 0; k < n; k++)
+            free(copies[k]);
+        free(copies);
+        free(mine);
+        return 0;
+    }
+    for (int k = 0; k < nkeys; k++) {
+        KeyState *s = get_key(c, keys[k].data, keys[k].len);
+        if (!s)
+            continue;
+        Hold *h = NULL;
+        if (s->writer == rank) {
+            h = &s->write_hold;
+        } else {
+            int at = reader_index(s, rank);
+            if (at >= 0)
+                h = &s->rholds[at];
+        }
+        if (!h || h->seq != seq)
+            continue;
+        if (h->has_before)
+            downgrade_state(rank, s);
+        else if (release_key(c, rank, &keys[k], k, sp))
+            return -1;
+    }
+    out_add(out, rank, R_CANCELLED, seq);
+    for (int k = 0; k < nkeys; k++)
+        schedule(c, keys[k].data, keys[k].len, out);
+    return 0;
+}
+
+static int core_close(Core *c, int rank, int64_t seq, Out *out, Special *sp)
+{
+    if (c->closing[rank])
+        return set_error(sp, E_CLOSED_TWICE, -1);
+    int n = 0, cap = 0;
+    KeyRef *touched = NULL;
+    uint8_t **copies = NULL;
+    int ncopies = 0, capcopies = 0;
+    for (KeyState *s = c->first; s; s = s->next)
+        if (state_holds(s, rank)) {
+            GROW(touched, n, cap);
+            GROW(copies, ncopies, capcopies);
+            copies[ncopies] = xmalloc(s->len);
+            if (s->len)
+                memcpy(copies[ncopies], s->key, s->len);
+            touched[n].data = copies[ncopies++];
+            touched[n].len = s->len;
+            n++;
+        }
+    for (int k = 0; k < n; k++)
+        release_key(c, rank, &touched[k], k, sp);
+    Request *r = c->waiting[rank];
+    if (r) {
+        unqueue(c, r, NULL);
+        for (int k = 0; k < r->nkeys; k++) {
+            GROW(touched, n, cap);
+            GROW(copies, ncopies, capcopies);
+            copies[ncopies] = xmalloc(r->keys[k]->len);
+            if (r->keys[k]->len)
+                memcpy(copies[ncopies], r->keys[k]->key, r->keys[k]->len);
+            touched[n].data = copies[ncopies++];
+            touched[n].len = r->keys[k]->len;
+            n++;
+        }
+        request_free(r);
+    }
+    for (int k = 0; k < n; k++)
+        schedule(c, touched[k].data, touched[k].len, out);
+    for (int k = 0; k < ncopies; k++)
+        free(copies[k]);
+    free(copies);
+    free(touched);
+    c->closing[rank] = 1;
+    c->closing_seq[rank] = seq;
+    c->nclosing++;
+    if (c->nclosing == c->nmembers) {
+        c->closed = 1;
+        graph_leave(c->graph, c);
+        for (int r2 = 0; r2 < c->size; r2++)
+            if (c->closing[r2])
+                out_add(out, r2, R_CLOSED, c->closing_seq[r2]);
+    }
+    return 0;
+}
+
+static int is_bounded_key(const KeyRef *k)
+{
+    return k->len >= 1 && k->data[0] == '#';
+}
+
+static const KeyRef DEFAULT_KEY = {(const uint8_t *)"", 0};
+
+/* LockCore.handle for the ops that touch locks; records the event (errors included). */
+static int core_handle(Core *c, int rank, int op, int64_t seq, int64_t arg, int64_t aux, const KeyRef *keys,
+                       int nkeys, int64_t site, double now, Out *out, Special *sp)
+{
+    int rc = 0;
+    int first = out->n;
+    if (rank < 0 || rank >= c->size || !c->member[rank]) {
+        rc = set_error(sp, E_MEMBER, -1);
+        goto done;
+    }
+    if (c->closed) {
+        rc = set_error(sp, E_CLOSED, -1);
+        goto done;
+    }
+    switch (op) {
+    case OP_READ:
+        rc = core_request(c, rank, seq, keys, nkeys, M_READ, 0, arg, site, now, out, sp);
+        break;
+    case OP_WRITE:
+        if (arg & F_UPGRADE)
+            rc = core_upgrade(c, rank, seq, keys, nkeys, site, now, out, sp);
+        else
+            rc = core_request(c, rank, seq, keys, nkeys, M_WRITE, 0, arg, site, now, out, sp);
+        break;
+    case OP_BOUNDED:
+        if (aux < 1 || nkeys != 1 || !is_bounded_key(&keys[0])) {
+            rc = set_error(sp, E_BOUNDED_ARGS, -1);
+            sp->a = aux;
+            sp->b = nkeys;
+            break;
+        }
+        rc = core_request(c, rank, seq, keys, nkeys, M_SLOT, aux, arg, site, now, out, sp);
+        break;
+    case OP_FENCE_BEGIN:
+        rc = core_request(c, rank, seq, &DEFAULT_KEY, 1, M_WRITE, 0, 0, site, now, out, sp);
+        break;
+    case OP_RELEASE:
+        for (int k = 0; k < nkeys && !rc; k++)
+            rc = release_key(c, rank, &keys[k], k, sp);
+        if (!rc)
+            for (int k = 0; k < nkeys; k++)
+                schedule(c, keys[k].data, keys[k].len, out);
+        break;
+    case OP_DOWNGRADE:
+        for (int k = 0; k < nkeys && !rc; k++) {
+            KeyState *s = get_key(c, keys[k].data, keys[k].len);
+            if (!s || s->writer != rank)
+                rc = set_error(sp, E_DOWNGRADE, k);
+            else
+                downgrade_state(rank, s);
+        }
+        if (!rc)
+            for (int k = 0; k < nkeys; k++)
+                schedule(c, keys[k].data, keys[k].len, out);
+        break;
+    case OP_CANCEL:
+        rc = core_cancel(c, rank, seq, keys, nkeys, out, sp);
+        break;
+    case OP_HELLO:
+        graph_move(c->graph, c, rank, arg, aux);
+        break;
+    case OP_CLOSE:
+        rc = core_close(c, rank, seq, out, sp);
+        break;
+    default:
+        rc = set_error(sp, E_UNKNOWN_OP, -1);
+    }
+done:
+    if (rc) {
+        out->n = first; /* a raised ProtocolError drops the replies made so far */
+        if (c->record) {
+            Reply err = {rank, R_ERROR, seq};
+            int replied = !(op == OP_RELEASE || op == OP_DOWNGRADE || op == OP_SITE || op == OP_HELLO);
+            record(c, now, rank, op, seq, keys, nkeys, &err, replied);
+        }
+    } else {
+        record(c, now, rank, op, seq, keys, nkeys, out->r + first, out->n - first);
+    }
+    return rc;
+}
+
+static void special_clear(Special *sp)
+{
+    free(sp->users);
+    for (int i = 0; i < sp->ncycle; i++)
+        free(sp->cycle[i].key);
+    free(sp->cycle);
+    memset(sp, 0, sizeof *sp);
+}
+
+/* -- the service loop ------------------------------------------------------------------------------- */
+/* Recursive: building Python objects under it (snapshot) may run the garbage collector, which may free
+ * another core, which takes it again. */
+static pthread_mutex_t g_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+static pthread_cond_t g_items_ready = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t g_drained = PTHREAD_COND_INITIALIZER;
+
+typedef struct SendSlot {
+    int64_t words[HEADER_WORDS];
+} SendSlot;
+
+struct Channel {
+    int id;
+    Core *core;
+    MPI_Comm comm;
+    MPI_Request recv;
+    MPI_Status status;
+    uint8_t buf[MAX_MESSAGE];
+    MPI_Request *reqs;
+    SendSlot **slots;
+    int nsends, capsends;
+    int *deferred;
+    int finished, drain_asked;
+    Channel *next;
+};
+
+enum { I_MESSAGE = 1, I_SPECIAL, I_DRAIN, I_FINISHED };
+
+typedef struct Item {
+    int kind, channel, rank, op;
+    int64_t seq;
+    uint8_t *data; /* I_MESSAGE: the message; I_SPECIAL: the keys, packed */
+    int count;
+    KeyRef *keys;
+    int nkeys;
+    Special sp;
+    struct Item *next;
+} Item;
+
+static Channel *g_channels = NULL;
+static int g_next_channel = 1;
+static Item *g_items = NULL, **g_items_tail = &g_items;
+static int g_thread_running = 0, g_thread_joinable = 0;
+static volatile int g_want = 0; /* Python threads waiting for g_lock: the service thread lets them in */
+static pthread_t g_thread;
+static double g_spin = 0.0002, g_shortest = 10e-6, g_hot = 0.005, g_longest = 0.0002, g_idle_after = 0.05,
+              g_idle_longest = 0.001;
+static size_t g_soft_events = 4096, g_hard_events = 65536;
+static SendSlot *g_free_slots[256];
+static int g_nfree_slots = 0;
+static long g_wakeups = 0;
+
+static void push_item(Item *it)
+{
+    it->next = NULL;
+    *g_items_tail = it;
+    g_items_tail = &it->next;
+    pthread_cond_signal(&g_items_ready);
+}
+
+static void mpi_check(int err, const char *what)
+{
+    if (err != MPI_SUCCESS)
+        die(what);
+}
+
+static void channel_send(Channel *ch, int rank, int code, int64_t seq)
+{
+    SendSlot *slot = g_nfree_slots ? g_free_slots[--g_nfree_slots] : xmalloc(sizeof(SendSlot));
+    slot->words[0] = code;
+    slot->words[1] = seq;
+    slot->words[2] = 0;
+    slot->words[3] = 0;
+    slot->words[4] = 0;
+    slot->words[5] = 0;
+    slot->words[6] = 0;
+    if (ch->nsends >= ch->capsends) {
+        int cap = ch->capsends ? 2 * ch->capsends : 32;
+        ch->slots = realloc(ch->slots, (size_t)cap * sizeof(SendSlot *));
+        ch->reqs = realloc(ch->reqs, (size_t)cap * sizeof(MPI_Request));
+        if (!ch->slots || !ch->reqs)
+            die("out of memory");
+        ch->capsends = cap;
+    }
+    ch->slots[ch->nsends] = slot;
+    mpi_check(MPI_Isend(slot->words, HEADER_BYTES, MPI_BYTE, rank, TAG_REPLY, ch->comm, &ch->reqs[ch->nsends]),
+              "MPI_Isend of a reply failed");
+    ch->nsends++;
+}
+
+static void channel_reap(Channel *ch)
+{
+    if (!ch->nsends)
+        return;
+    int done = 0;
+    int *idx = xmalloc((size_t)ch->nsends * sizeof(int));
+    mpi_check(MPI_Testsome(ch->nsends, ch->reqs, &done, idx, MPI_STATUSES_IGNORE), "MPI_Testsome failed");
+    free(idx);
+    if (done == MPI_UNDEFINED || done == 0)
+        return;
+    int k = 0;
+    for (int i = 0; i < ch->nsends; i++) {
+        if (ch->reqs[i] == MPI_REQUEST_NULL) {
+            if (g_nfree_slots < 256)
+                g_free_slots[g_nfree_slots++] = ch->slots[i];
+            else
+                free(ch->slots[i]);
+        } else {
+            ch->reqs[k] = ch->reqs[i];
+            ch->slots[k] = ch->slots[i];
+            k++;
+        }
+    }
+    ch->nsends = k;
+}
+
+static void outbox_add(Core *c, int rank, int code, int64_t seq)
+{
+    Reply one = {rank, code, seq};
+    record(c, monotonic(), -1, 0, 0, NULL, 0, &one, 1);
+    if (c->channel && !c->channel->finished) {
+        channel_send(c->channel, rank, code, seq);
+        return;
+    }
+    GROW(c->outbox, c->noutbox, c->capout);
+    c->outbox[c->noutbox].rank = rank;
+    c->outbox[c->noutbox].code = code;
+    c->outbox[c->noutbox].seq = seq;
+    c->noutbox++;
+}
+
+static void channel_finish(Channel *ch)
+{
+    if (ch->nsends)
+        mpi_check(MPI_Waitall(ch->nsends, ch->reqs, MPI_STATUSES_IGNORE), "MPI_Waitall of the last replies failed");
+    for (int i = 0; i < ch->nsends; i++)
+        free(ch->slots[i]);
+    ch->nsends = 0;
+    MPI_Cancel(&ch->recv);
+    MPI_Wait(&ch->recv, MPI_STATUS_IGNORE);
+    MPI_Request_free(&ch->recv);
+    ch->finished = 1;
+    Item *it = calloc(1, sizeof(Item));
+    if (!it)
+        die("out of memory");
+    it->kind = I_FINISHED;
+    it->channel = ch->id;
+    push_item(it);
+}
+
+static int parse_keys(const uint8_t *area, int n, int64_t arg, KeyRef **keys, int *nkeys)
+{
+    if (!(arg & F_MULTI)) {
+        *keys = xmalloc(sizeof(KeyRef));
+        (*keys)[0].data = area;
+        (*keys)[0].len = (size_t)n;
+        *nkeys = 1;
+        return 0;
+    }
+    int count = 0, at = 0;
+    KeyRef *out = xmalloc((size_t)(n / 2 + 1) * sizeof(KeyRef));
+    while (at < n) {
+        if (at + 2 > n) {
+            free(out);
+            return -1;
+        }
+        int len = area[at] | (area[at + 1] << 8);
+        at += 2;
+        if (at + len > n) {
+            free(out);
+            return -1;
+        }
+        out[count].data = area + at;
+        out[count].len = (size_t)len;
+        count++;
+        at += len;
+    }
+    *keys = out;
+    *nkeys = count;
+    return 0;
+}
+
+static int is_keyed(int op)
+{
+    return op == OP_READ || op == OP_WRITE || op == OP_RELEASE || op == OP_CANCEL || op == OP_BOUNDED ||
+           op == OP_DOWNGRADE || op == OP_LOCKS;
+}
+
+static int is_native_op(int op)
+{
+    return op == OP_READ || op == OP_WRITE || op == OP_RELEASE || op == OP_CANCEL || op == OP_BOUNDED ||
+           op == OP_DOWNGRADE || op == OP_HELLO || op == OP_CLOSE;
+}
+
+static void ask_drain(Channel *ch)
+{
+    if (ch->drain_asked || ch->core->ev.count < g_soft_events)
+        return;
+    ch->drain_asked = 1;
+    Item *it = calloc(1, sizeof(Item));
+    if (!it)
+        die("out of memory");
+    it->kind = I_DRAIN;
+    it->channel = ch->id;
+    push_item(it);
+}
+
+/* Hand a special reply (its text is Python's) to the Python thread. */
+static void push_special(Channel *ch, int rank, int op, int64_t seq, const KeyRef *keys, int nkeys, Special *sp)
+{
+    Item *it = calloc(1, sizeof(Item));
+    if (!it)
+        die("out of memory");
+    it->kind = I_SPECIAL;
+    it->channel = ch->id;
+    it->rank = rank;
+    it->op = op;
+    it->seq = seq;
+    size_t total = 0;
+    for (int k = 0; k < nkeys; k++)
+        total += keys[k].len;
+    it->data = xmalloc(total);
+    it->keys = xmalloc((size_t)(nkeys + 1) * sizeof(KeyRef));
+    size_t at = 0;
+    for (int k = 0; k < nkeys; k++) {
+        if (keys[k].len)
+            memcpy(it->data + at, keys[k].data, keys[k].len);
+        it->keys[k].data = it->data + at;
+        it->keys[k].len = keys[k].len;
+        at += keys[k].len;
+    }
+    it->nkeys = nkeys;
+    it->sp = *sp;
+    memset(sp, 0, sizeof *sp);
+    push_item(it);
+}
+
+/* Handle at most one arrived request of ch (g_lock held); return whether one arrived. */
+static int channel_poll(Channel *ch)
+{
+    int flag = 0;
+    if (ch->finished)
+        return 0;
+    mpi_check(MPI_Test(&ch->recv, &flag, &ch->status), "MPI_Test of the request receive failed");
+    if (!flag) {
+        if (ch->nsends)
+            channel_reap(ch);
+        return 0;
+    }
+    int src = ch->status.MPI_SOURCE, count = 0;
+    MPI_Get_count(&ch->status, MPI_BYTE, &count);
+    int64_t h[HEADER_WORDS];
+    memcpy(h, ch->buf, sizeof h);
+    int op = (int)h[0];
+    int fast = count >= HEADER_BYTES && h[4] == 0 && !ch->deferred[src] && is_native_op(op) &&
+               !(is_keyed(op) && (h[2] & F_KEYS_IN_PAYLOAD));
+    KeyRef *keys = NULL;
+    int nkeys = 1;
+    if (fast && is_keyed(op) && parse_keys(ch->buf + HEADER_BYTES, count - HEADER_BYTES, h[2], &keys, &nkeys))
+        fast = 0;
+    if (!fast) {
+        Item *it = calloc(1, sizeof(Item));
+        if (!it)
+            die("out of memory");
+        it->kind = I_MESSAGE;
+        it->channel = ch->id;
+        it->rank = src;
+        it->count = count;
+        it->data = xmalloc(MAX_MESSAGE);
+        memcpy(it->data, ch->buf, MAX_MESSAGE);
+        ch->deferred[src]++;
+        push_item(it);
+        mpi_check(MPI_Start(&ch->recv), "MPI_Start of the request receive failed");
+        return 1;
+    }
+    Out out = {0};
+    Special sp = {0};
+    const KeyRef *use = keys ? keys : &DEFAULT_KEY;
+    Core *c = ch->core;
+    core_handle(c, src, op, h[1], h[2], h[3], use, nkeys, h[5], monotonic(), &out, &sp);
+    for (int i = 0; i < out.n; i++)
+        if (out.r[i].code != R_DEADLOCK && out.r[i].code != R_REFUSED)
+            channel_send(ch, out.r[i].rank, out.r[i].code, out.r[i].seq);
+    free(out.r);
+    if (sp.kind)
+        push_special(ch, src, op, h[1], use, nkeys, &sp);
+    free(keys);
+    ask_drain(ch);
+    if (c->closed) {
+        channel_finish(ch);
+        return 1;
+    }
+    if (ch->nsends >= 16)
+        channel_reap(ch);
+    mpi_check(MPI_Start(&ch->recv), "MPI_Start of the request receive failed");
+    return 1;
+}
+
+static int over_hard_bound(void)
+{
+    for (Channel *ch = g_channels; ch; ch = ch->next)
+        if (!ch->finished && ch->core->ev.count >= g_hard_events)
+            return 1;
+    return 0;
+}
+
+static void nap(double seconds)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
+/* Join a service thread that has left its loop (g_lock held; it takes g_lock no more). */
+static void reap_thread(void)
+{
+    if (g_thread_joinable && !g_thread_running) {
+        pthread_join(g_thread, NULL);
+        g_thread_joinable = 0;
+    }
+}
+
+/* The backoff: after a request, poll in a sched_yield loop for g_spin seconds, then every g_shortest
+ * seconds until g_hot after it (a client's think time: its next request is seen within microseconds),
+ * then sleep twice as long each time up to g_longest, and up to g_idle_longest once g_idle_after has
+ * passed without a request (the first grant after idling waits at most that long). */
+static void *native_thread(void *unused)
+{
+    (void)unused;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* sleeps of microseconds, not the default 50 us more */
+    double last_work = monotonic(), sleep = g_shortest;
+    for (;;) {
+        int busy = 0, open = 0;
+        pthread_mutex_lock(&g_lock);
+        while (over_hard_bound()) { /* never unbounded memory: wait for Python to drain */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 1000000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&g_drained, &g_lock, &until);
+        }
+        for (Channel *ch = g_channels; ch; ch = ch->next) {
+            if (ch->finished)
+                continue;
+            open = 1;
+            for (int i = 0; i < 16 && channel_poll(ch); i++) { /* serve what has arrived, up to a bound */
+                busy = 1;
+                if (ch->finished)
+                    break;
+            }
+        }
+        if (!open) {
+            g_thread_running = 0;
+            pthread_mutex_unlock(&g_lock);
+            break;
+        }
+        pthread_mutex_unlock(&g_lock);
+        g_wakeups++;
+        if (g_want)
+            sched_yield(); /* a Python thread waits for the lock: let it in */
+        double now = monotonic();
+        if (busy) {
+            last_work = now;
+            sleep = g_shortest;
+            continue;
+        }
+        double since = now - last_work;
+        if (since < g_spin) {
+            sched_yield();
+            continue;
+        }
+        if (since < g_hot) {
+            nap(g_shortest);
+            continue;
+        }
+        nap(sleep);
+        double cap = since > g_idle_after ? g_idle_longest : g_longest;
+        sleep = sleep * 2 < cap ? sleep * 2 : cap;
+    }
+    return NULL;
+}
+
+/* -- Python objects ----------------------------------------------------------------------------------- */
+static void lock_world(void)
+{
+    if (pthread_mutex_trylock(&g_lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    __atomic_add_fetch(&g_want, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&g_lock);
+    __atomic_sub_fetch(&g_want, 1, __ATOMIC_SEQ_CST);
+    Py_END_ALLOW_THREADS
+}
+
+typedef struct {
+    PyObject_HEAD Graph *graph;
+} GraphObject;
+
+typedef struct {
+    PyObject_HEAD Core *core;
+    PyObject *graph;
+} CoreObject;
+
+static PyTypeObject GraphType;
+static PyTypeObject CoreType;
+
+static PyObject *Graph_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
+        return NULL;
+    GraphObject *self = (GraphObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->graph = calloc(1, sizeof(Graph));
+    if (!self->graph) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->graph->refs = 1;
+    return (PyObject *)self;
+}
+
+static void graph_unref(Graph *g)
+{
+    if (--g->refs)
+        return;
+    for (int i = 0; i < g->n; i++) {
+        free(g->nodes[i]->m);
+        free(g->nodes[i]);
+    }
+    free(g->nodes);
+    reordered_clear(g);
+    free(g->re);
+    free(g);
+}
+
+static void Graph_dealloc(GraphObject *self)
+{
+    if (self->graph) {
+        pthread_mutex_lock(&g_lock);
+        graph_unref(self->graph);
+        pthread_mutex_unlock(&g_lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Graph_arrivals(GraphObject *self, void *closure)
+{
+    (void)closure;
+    return PyFloat_FromDouble(self->graph->arrivals);
+}
+
+static PyGetSetDef Graph_getset[] = {
+    {"arrivals", (getter)Graph_arrivals, NULL, "The last arrival number given to a queued request.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject GraphType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Graph",
+    .tp_basicsize = sizeof(GraphObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The wait-for graph shared by the native cores of a process.",
+    .tp_new = Graph_new,
+    .tp_dealloc = (destructor)Graph_dealloc,
+    .tp_getset = Graph_getset,
+};
+
+static void core_free(Core *c)
+{
+    KeyState *s = c->first;
+    while (s) {
+        KeyState *next = s->next;
+        state_free(s);
+        s = next;
+    }
+    for (int r = 0; r < c->size; r++)
+        if (c->waiting[r])
+            request_free(c->waiting[r]);
+    graph_leave(c->graph, c);
+    graph_unref(c->graph);
+    for (int r = 0; r < c->size; r++)
+        free(c->nodes[r]); /* left the graph: its own copies */
+    free(c->buckets);
+    free(c->member);
+    free(c->waiting);
+    free(c->held);
+    free(c->nodes);
+    free(c->closing);
+    free(c->closing_seq);
+    free(c->outbox);
+    free(c->ev.buf);
+    free(c);
+}
+
+static void core_unref(Core *c)
+{
+    if (--c->refs == 0)
+        core_free(c);
+}
+
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", "members", "graph", "record", NULL};
+    int size, rec = 0;
+    PyObject *members, *graph;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!|p", kwlist, &size, &members, &GraphType, &graph, &rec))
+        return NULL;
+    if (size < 1) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 1");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(members, "members must be a sequence of ranks");
+    if (!seq)
+        return NULL;
+    Core *c = calloc(1, sizeof(Core));
+    if (!c) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    c->size = size;
+    c->member = calloc((size_t)size, 1);
+    c->waiting = calloc((size_t)size, sizeof(Request *));
+    c->held = calloc((size_t)size, sizeof(int64_t));
+    c->nodes = calloc((size_t)size, sizeof(Node *));
+    c->closing = calloc((size_t)size, 1);
+    c->closing_seq = calloc((size_t)size, sizeof(int64_t));
+    c->nbuckets = 16;
+    c->buckets = calloc(c->nbuckets, sizeof(KeyState *));
+    c->record = rec;
+    if (!c->member || !c->waiting || !c->held || !c->nodes || !c->closing || !c->closing_seq || !c->buckets)
+        die("out of memory");
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long r = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (r == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            free(c->member);
+            free(c->waiting);
+            free(c->held);
+            free(c->nodes);
+            free(c->closing);
+            free(c->closing_seq);
+            free(c->buckets);
+            free(c);
+            return NULL;
+        }
+        if (r >= 0 && r < size && !c->member[r]) {
+            c->member[r] = 1;
+            c->nmembers++;
+        }
+    }
+    Py_DECREF(seq);
+    CoreObject *self = (CoreObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_lock(&g_lock);
+    c->uid = ++g_uids;
+    c->graph = ((GraphObject *)graph)->graph;
+    c->graph->refs++;
+    state_new(c, (const uint8_t *)"", 0, 0); /* the default lock, always there */
+    graph_join(c->graph, c);
+    c->refs = 1;
+    pthread_mutex_unlock(&g_lock);
+    self->core = c;
+    Py_INCREF(graph);
+    self->graph = graph;
+    return (PyObject *)self;
+}
+
+static void Core_dealloc(CoreObject *self)
+{
+    if (self->core) {
+        pthread_mutex_lock(&g_lock);
+        core_unref(self->core);
+        pthread_mutex_unlock(&g_lock);
+    }
+    Py_XDECREF(self->graph);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Key tuple -> KeyRef array pointing into the bytes objects (kept alive by the caller's tuple). */
+static KeyRef *keyrefs(PyObject *keys, int *n)
+{
+    if (!PyTuple_Check(keys)) {
+        PyErr_SetString(PyExc_TypeError, "keys must be a tuple of bytes");
+        return NULL;
+    }
+    *n = (int)PyTuple_GET_SIZE(keys);
+    KeyRef *out = PyMem_Malloc(sizeof(KeyRef) * (size_t)(*n + 1));
+    if (!out)
+        return (KeyRef *)PyErr_NoMemory();
+    for (int i = 0; i < *n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(keys, i);
+        if (!PyBytes_Check(k)) {
+            PyMem_Free(out);
+            PyErr_SetString(PyExc_TypeError, "keys must be a tuple of bytes");
+            return NULL;
+        }
+        out[i].data = (const uint8_t *)PyBytes_AS_STRING(k);
+        out[i].len = (size_t)PyBytes_GET_SIZE(k);
+    }
+    return out;
+}
+
+static PyObject *replies_list(const Reply *r, int n)
+{
+    PyObject *list = PyList_New(n);
+    if (!list)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(iiLii)", r[i].rank, r[i].code, (long long)r[i].seq, 0, 0);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    return list;
+}
+
+/* A special reply as Python data: ("error", kind, key index, a, b) / ("refused", key, limit, asked, users) /
+ * ("deadlock", [edge, ...]) with edge = (core uid, waiter, target, queued, waiter world, key, hold mode,
+ * hold site, wait mode, wait site). */
+static PyObject *special_object(Special *sp)
+{
+    if (sp->kind == S_ERROR)
+        return Py_BuildValue("(siiLL)", "error", sp->error, sp->key, (long long)sp->a, (long long)sp->b);
+    if (sp->kind == S_REFUSED) {
+        PyObject *users = PyList_New(sp->nusers);
+        if (!users)
+            return NULL;
+        for (int i = 0; i < sp->nusers; i++)
+            PyList_SET_ITEM(users, i, PyLong_FromLong(sp->users[i]));
+        return Py_BuildValue("(siLLN)", "refused", sp->key, (long long)sp->a, (long long)sp->b, users);
+    }
+    if (sp->kind == S_DEADLOCK) {
+        PyObject *edges = PyList_New(sp->ncycle);
+        if (!edges)
+            return NULL;
+        for (int i = 0; i < sp->ncycle; i++) {
+            CycleEdge *e = &sp->cycle[i];
+            PyObject *t = Py_BuildValue("(KiiiLy#iLiL)", (unsigned long long)e->core_uid, e->waiter, e->target,
+                                        e->queued, (long long)e->waiter_world, (const char *)e->key,
+                                        (Py_ssize_t)e->len, e->hold_mode, (long long)e->hold_site, e->wait_mode,
+                                        (long long)e->wait_site);
+            if (!t) {
+                Py_DECREF(edges);
+                return NULL;
+            }
+            PyList_SET_ITEM(edges, i, t);
+        }
+        return Py_BuildValue("(sN)", "deadlock", edges);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_handle(CoreObject *self, PyObject *args)
+{
+    int rank, op;
+    long long seq, arg, aux, site;
+    double now;
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "iiLLLO!Ld", &rank, &op, &seq, &arg, &aux, &PyTuple_Type, &keys, &site, &now))
+        return NULL;
+    int nkeys;
+    KeyRef *refs = keyrefs(keys, &nkeys);
+    if (!refs)
+        return NULL;
+    Out out = {0};
+    Special sp = {0};
+    lock_world();
+    Core *c = self->core;
+    core_handle(c, rank, op, seq, arg, aux, refs, nkeys, site, now, &out, &sp);
+    Channel *ch = c->channel;
+    if (ch && !ch->finished) { /* attached: plain replies go out from here, the caller sends the rest */
+        int k = 0;
+        for (int i = 0; i < out.n; i++) {
+            if (out.r[i].code == R_DEADLOCK || out.r[i].code == R_REFUSED)
+                out.r[k++] = out.r[i];
+            else
+                channel_send(ch, out.r[i].rank, out.r[i].code, out.r[i].seq);
+        }
+        out.n = k;
+        if (c->closed)
+            channel_finish(ch);
+        else
+            ask_drain(ch);
+    }
+    pthread_mutex_unlock(&g_lock);
+    PyMem_Free(refs);
+    PyObject *replies = replies_list(out.r, out.n);
+    free(out.r);
+    PyObject *special = replies ? special_object(&sp) : NULL;
+    special_clear(&sp);
+    if (!special) {
+        Py_XDECREF(replies);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", replies, special);
+}
+
+static PyObject *Core_take_outbox(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    lock_world();
+    Core *c = self->core;
+    int n = c->noutbox;
+    Reply *r = c->outbox;
+    c->outbox = NULL;
+    c->noutbox = c->capout = 0;
+    pthread_mutex_unlock(&g_lock);
+    PyObject *list = replies_list(r, n);
+    free(r);
+    return list;
+}
+
+static PyObject *hold_object(const Hold *h)
+{
+    if (h->has_before)
+        return Py_BuildValue("(LLd(LLdO))", (long long)h->seq, (long long)h->site, h->since, (long long)h->bseq,
+                             (long long)h->bsite, h->bsince, Py_None);
+    return Py_BuildValue("(LLdO)", (long long)h->seq, (long long)h->site, h->since, Py_None);
+}
+
+static PyObject *request_object(Request *r)
+{
+    PyObject *keys = PyTuple_New(r->nkeys);
+    if (!keys)
+        return NULL;
+    for (int k = 0; k < r->nkeys; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)r->keys[k]->key, (Py_ssize_t)r->keys[k]->len);
+        if (!b) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(keys, k, b);
+    }
+    return Py_BuildValue("(iLiLddN)", r->rank, (long long)r->seq, r->mode, (long long)r->site, r->since, r->priority,
+                         keys);
+}
+
+/* The state as plain data (built under the GIL with g_lock held: nothing here calls back into this module). */
+static PyObject *core_snapshot(Core *c)
+{
+    PyObject *keys = PyList_New(0), *waiting = PyDict_New(), *held = PyList_New(c->size),
+             *nodes = PyList_New(c->size), *closing = PyDict_New();
+    if (!keys || !waiting || !held || !nodes || !closing)
+        goto fail;
+    for (KeyState *s = c->first; s; s = s->next) {
+        PyObject *readers = PyList_New(s->nreaders), *writers = PyList_New(s->nwriters),
+                 *wreaders = PyList_New(s->nwreaders);
+        if (!readers || !writers || !wreaders) {
+            Py_XDECREF(readers);
+            Py_XDECREF(writers);
+            Py_XDECREF(wreaders);
+            goto fail;
+        }
+        for (int i = 0; i < s->nreaders; i++)
+            PyList_SET_ITEM(readers, i, Py_BuildValue("(iN)", s->rranks[i], hold_object(&s->rholds[i])));
+        for (int i = 0; i < s->nwriters; i++)
+            PyList_SET_ITEM(writers, i, request_object(s->writers[i]));
+        for (int i = 0; i < s->nwreaders; i++)
+            PyList_SET_ITEM(wreaders, i, request_object(s->wreaders[i]));
+        PyObject *wh = s->writer >= 0 ? hold_object(&s->write_hold) : Py_NewRef(Py_None);
+        PyObject *entry = Py_BuildValue("(y#LiNNNNi)", (const char *)s->key, (Py_ssize_t)s->len, (long long)s->limit,
+                                        s->writer, wh, readers, writers, wreaders, s->early);
+        if (!entry || PyList_Append(keys, entry) < 0) {
+            Py_XDECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry);
+    }
+    for (int r = 0; r < c->size; r++) {
+        if (c->waiting[r]) {
+            PyObject *k = PyLong_FromLong(r), *v = PyLong_FromLongLong(c->waiting[r]->seq);
+            if (!k || !v || PyDict_SetItem(waiting, k, v) < 0) {
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+                goto fail;
+            }
+            Py_DECREF(k);
+            Py_DECREF(v);
+        }
+        if (c->closing[r]) {
+            PyObject *k = PyLong_FromLong(r), *v = PyLong_FromLongLong(c->closing_seq[r]);
+            if (!k || !v || PyDict_SetItem(closing, k, v) < 0) {
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+                goto fail;
+            }
+            Py_DECREF(k);
+            Py_DECREF(v);
+        }
+        PyList_SET_ITEM(held, r, PyLong_FromLongLong(c->held[r]));
+        PyList_SET_ITEM(nodes, r, Py_BuildValue("(LL)", (long long)c->nodes[r]->world, (long long)c->nodes[r]->token));
+    }
+    return Py_BuildValue("(NNNNNid)", keys, waiting, held, nodes, closing, c->closed, c->graph->arrivals);
+fail:
+    Py_XDECREF(keys);
+    Py_XDECREF(waiting);
+    Py_XDECREF(held);
+    Py_XDECREF(nodes);
+    Py_XDECREF(closing);
+    return NULL;
+}
+
+static PyObject *Core_snapshot(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    lock_world();
+    PyObject *result = core_snapshot(self->core);
+    pthread_mutex_unlock(&g_lock);
+    return result;
+}
+
+static PyObject *events_list(const uint8_t *buf, size_t n)
+{
+    PyObject *list = PyList_New(0);
+    size_t at = 0;
+    while (list && at < n) {
+        EventHead h;
+        memcpy(&h, buf + at, sizeof h);
+        at += sizeof h;
+        PyObject *keys = PyTuple_New(h.nkeys);
+        if (!keys)
+            goto fail;
+        for (uint32_t k = 0; k < h.nkeys; k++) {
+            uint32_t len;
+            memcpy(&len, buf + at, sizeof len);
+            at += sizeof len;
+            PyTuple_SET_ITEM(keys, k, PyBytes_FromStringAndSize((const char *)buf + at, len));
+            at += len;
+        }
+        PyObject *replies = PyList_New(h.nreplies);
+        if (!replies) {
+            Py_DECREF(keys);
+            goto fail;
+        }
+        for (uint32_t i = 0; i < h.nreplies; i++) {
+            int32_t rc[2];
+            int64_t seq;
+            memcpy(rc, buf + at, sizeof rc);
+            memcpy(&seq, buf + at + sizeof rc, sizeof seq);
+            at += sizeof rc + sizeof seq;
+            PyList_SET_ITEM(replies, i, Py_BuildValue("(iiLii)", rc[0], rc[1], (long long)seq, 0, 0));
+        }
+        PyObject *event = Py_BuildValue("(diiLNN)", h.now, h.rank, h.op, (long long)h.seq, keys, replies);
+        if (!event || PyList_Append(list, event) < 0) {
+            Py_XDECREF(event);
+            goto fail;
+        }
+        Py_DECREF(event);
+    }
+    return list;
+fail:
+    Py_XDECREF(list);
+    return NULL;
+}
+
+static PyObject *Core_drain(CoreObject *self, PyObject *unused)
+{
+    (void)unused;
+    lock_world();
+    Core *c = self->core;
+    Events ev = c->ev;
+    memset(&c->ev, 0, sizeof c->ev);
+    if (c->channel)
+        c->channel->drain_asked = 0;
+    pthread_cond_broadcast(&g_drained);
+    pthread_mutex_unlock(&g_lock);
+    PyObject *list = events_list(ev.buf, ev.n);
+    free(ev.buf);
+    return list;
+}
+
+static PyObject *Core_closed(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->core->closed);
+}
+
+static PyObject *Core_uid(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->core->uid);
+}
+
+static PyMethodDef Core_methods[] = {
+    {"handle", (PyCFunction)Core_handle, METH_VARARGS,
+     "handle(rank, op, seq, arg, aux, keys, site, now) -> (replies, special): apply one lock request."},
+    {"take_outbox", (PyCFunction)Core_take_outbox, METH_NOARGS,
+     "Return and forget the replies that another core's request caused here."},
+    {"snapshot", (PyCFunction)Core_snapshot, METH_NOARGS, "The whole state as plain data."},
+    {"drain", (PyCFunction)Core_drain, METH_NOARGS, "Return and forget the recorded events."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Core_getset[] = {
+    {"closed", (getter)Core_closed, NULL, "Whether every member rank has closed.", NULL},
+    {"uid", (getter)Core_uid, NULL, "A number unique to this core in the process.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The lock state of one controller (the rules of server/core.py).",
+    .tp_new = Core_new,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+};
+
+/* -- module functions: channels and the thread -------------------------------------------------------- */
+static Channel *find_channel(int id)
+{
+    for (Channel *ch = g_channels; ch; ch = ch->next)
+        if (ch->id == id)
+            return ch;
+    return NULL;
+}
+
+static PyObject *mod_attach(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *core;
+    long long fhandle;
+    if (!PyArg_ParseTuple(args, "O!L", &CoreType, &core, &fhandle))
+        return NULL;
+    Core *c = ((CoreObject *)core)->core;
+    MPI_Comm comm = MPI_Comm_f2c((MPI_Fint)fhandle);
+    int size = 0;
+    if (comm == MPI_COMM_NULL || MPI_Comm_size(comm, &size) != MPI_SUCCESS || size != c->size) {
+        PyErr_SetString(PyExc_ValueError, "not the communicator of this core");
+        return NULL;
+    }
+    Channel *ch = calloc(1, sizeof(Channel));
+    if (!ch)
+        return PyErr_NoMemory();
+    ch->deferred = calloc((size_t)size, sizeof(int));
+    if (!ch->deferred) {
+        free(ch);
+        return PyErr_NoMemory();
+    }
+    ch->comm = comm;
+    ch->core = c;
+    lock_world();
+    if (c->channel) {
+        pthread_mutex_unlock(&g_lock);
+        free(ch->deferred);
+        free(ch);
+        PyErr_SetString(PyExc_ValueError, "this core is served already");
+        return NULL;
+    }
+    ch->id = g_next_channel++;
+    if (MPI_Recv_init(ch->buf, MAX_MESSAGE, MPI_BYTE, MPI_ANY_SOURCE, TAG_REQUEST, comm, &ch->recv) != MPI_SUCCESS ||
+        MPI_Start(&ch->recv) != MPI_SUCCESS) {
+        pthread_mutex_unlock(&g_lock);
+        free(ch->deferred);
+        free(ch);
+        PyErr_SetString(PyExc_RuntimeError, "could not post the request receive");
+        return NULL;
+    }
+    c->channel = ch;
+    c->refs++;
+    ch->next = g_channels;
+    g_channels = ch;
+    pthread_mutex_unlock(&g_lock);
+    return PyLong_FromLong(ch->id);
+}
+
+static PyObject *mod_start(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    lock_world();
+    int started = 0;
+    if (!g_thread_running) {
+        reap_thread(); /* one that has stopped but was not joined yet */
+        if (pthread_create(&g_thread, NULL, native_thread, NULL) == 0) {
+            g_thread_running = 1;
+            g_thread_joinable = 1;
+            started = 1;
+        } else {
+            pthread_mutex_unlock(&g_lock);
+            PyErr_SetString(PyExc_RuntimeError, "could not start the native server thread");
+            return NULL;
+        }
+    }
+    pthread_mutex_unlock(&g_lock);
+    return PyBool_FromLong(started);
+}
+
+/* Join the service thread once it has stopped (no open channel left); True if it is gone. */
+static PyObject *mod_join(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "d", &timeout))
+        return NULL;
+    double until = monotonic() + timeout;
+    int gone = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        pthread_mutex_lock(&g_lock);
+        if (!g_thread_running) {
+            reap_thread();
+            gone = 1;
+        }
+        pthread_mutex_unlock(&g_lock);
+        if (gone || monotonic() > until)
+            break;
+        nap(0.0002);
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(gone);
+}
+
+/* Forget finished channels (after Python has seen them finish). */
+static PyObject *mod_release(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int id;
+    if (!PyArg_ParseTuple(args, "i", &id))
+        return NULL;
+    lock_world();
+    Channel **at = &g_channels;
+    while (*at && (*at)->id != id)
+        at = &(*at)->next;
+    Channel *ch = *at;
+    if (ch && ch->finished) {
+        *at = ch->next;
+        ch->core->channel = NULL;
+        core_unref(ch->core);
+        free(ch->reqs);
+        free(ch->slots);
+        free(ch->deferred);
+        free(ch);
+    }
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_help(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int id;
+    if (!PyArg_ParseTuple(args, "i", &id))
+        return NULL;
+    if (pthread_mutex_trylock(&g_lock) != 0)
+        Py_RETURN_FALSE;
+    Channel *ch = find_channel(id);
+    int served = 0;
+    if (ch && !ch->finished && ch->core->ev.count < g_hard_events)
+        served = channel_poll(ch);
+    pthread_mutex_unlock(&g_lock);
+    return PyBool_FromLong(served);
+}
+
+static PyObject *mod_undefer(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int id, rank;
+    if (!PyArg_ParseTuple(args, "ii", &id, &rank))
+        return NULL;
+    lock_world();
+    Channel *ch = find_channel(id);
+    if (ch && ch->deferred[rank] > 0)
+        ch->deferred[rank]--;
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *item_object(Item *it)
+{
+    switch (it->kind) {
+    case I_MESSAGE:
+        return Py_BuildValue("(iiiy#)", it->kind, it->channel, it->rank, (const char *)it->data,
+                             (Py_ssize_t)(it->count > HEADER_BYTES ? it->count : HEADER_BYTES));
+    case I_SPECIAL: {
+        PyObject *keys = PyTuple_New(it->nkeys);
+        if (!keys)
+            return NULL;
+        for (int k = 0; k < it->nkeys; k++)
+            PyTuple_SET_ITEM(keys, k, PyBytes_FromStringAndSize((const char *)it->keys[k].data,
+                                                                (Py_ssize_t)it->keys[k].len));
+        PyObject *sp = special_object(&it->sp);
+        if (!sp) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+        return Py_BuildValue("(iiiiLNN)", it->kind, it->channel, it->rank, it->op, (long long)it->seq, keys, sp);
+    }
+    default:
+        return Py_BuildValue("(ii)", it->kind, it->channel);
+    }
+}
+
+static void item_free(Item *it)
+{
+    free(it->data);
+    free(it->keys);
+    special_clear(&it->sp);
+    free(it);
+}
+
+/* Wait (GIL released) up to timeout seconds for something Python must do; None if nothing came. */
+static PyObject *mod_next_item(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "d", &timeout))
+        return NULL;
+    Item *it = NULL;
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&g_lock);
+    if (!g_items && timeout > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        double whole = floor(timeout);
+        until.tv_sec += (time_t)whole;
+        until.tv_nsec += (long)((timeout - whole) * 1e9);
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        while (!g_items) {
+            if (pthread_cond_timedwait(&g_items_ready, &g_lock, &until) == ETIMEDOUT)
+                break;
+        }
+    }
+    it = g_items;
+    if (it) {
+        g_items = it->next;
+        if (!g_items)
+            g_items_tail = &g_items;
+    }
+    pthread_mutex_unlock(&g_lock);
+    Py_END_ALLOW_THREADS if (!it) Py_RETURN_NONE;
+    PyObject *result = item_object(it);
+    item_free(it);
+    return result;
+}
+
+static PyObject *mod_configure(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    (void)mod;
+    static char *kwlist[] = {"spin", "shortest", "hot", "longest", "idle_after", "idle_longest", "soft_events",
+                             "hard_events", NULL};
+    double spin = g_spin, shortest = g_shortest, hot = g_hot, longest = g_longest, idle_after = g_idle_after,
+           idle_longest = g_idle_longest;
+    Py_ssize_t soft = (Py_ssize_t)g_soft_events, hard = (Py_ssize_t)g_hard_events;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddddnn", kwlist, &spin, &shortest, &hot, &longest, &idle_after,
+                                     &idle_longest, &soft, &hard))
+        return NULL;
+    lock_world();
+    g_spin = spin;
+    g_shortest = shortest;
+    g_hot = hot;
+    g_longest = longest;
+    g_idle_after = idle_after;
+    g_idle_longest = idle_longest;
+    g_soft_events = (size_t)soft;
+    g_hard_events = (size_t)hard;
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_library_version(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    char text[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    if (MPI_Get_library_version(text, &n) != MPI_SUCCESS)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(text, n, "replace");
+}
+
+static PyObject *mod_compiled_against(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+#if defined(MPICH_VERSION)
+    return Py_BuildValue("(ss)", "MPICH", MPICH_VERSION);
+#elif defined(OMPI_MAJOR_VERSION)
+    char v[64];
+    snprintf(v, sizeof v, "%d.%d.%d", OMPI_MAJOR_VERSION, OMPI_MINOR_VERSION, OMPI_RELEASE_VERSION);
+    return Py_BuildValue("(ss)", "Open MPI", v);
+#else
+    return Py_BuildValue("(ss)", "unknown", "");
+#endif
+}
+
+static PyObject *mod_wakeups(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    return PyLong_FromLong(g_wakeups);
+}
+
+/* Seconds per request of READ+RELEASE pairs applied by a fresh core, recording on: the core's share of the
+ * server's work per request, without MPI (for python -m mpilock.bench). */
+static PyObject *mod_time_core(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int pairs;
+    if (!PyArg_ParseTuple(args, "i", &pairs) || pairs < 1)
+        return NULL;
+    GraphObject *graph = (GraphObject *)PyObject_CallNoArgs((PyObject *)&GraphType);
+    if (!graph)
+        return NULL;
+    PyObject *core = PyObject_CallFunction((PyObject *)&CoreType, "i[i]Oi", 2, 1, (PyObject *)graph, 1);
+    Py_DECREF(graph);
+    if (!core)
+        return NULL;
+    Core *c = ((CoreObject *)core)->core;
+    Out out = {0};
+    Special sp = {0};
+    double elapsed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&g_lock);
+    double start = monotonic();
+    for (int i = 0; i < pairs; i++) {
+        out.n = 0;
+        core_handle(c, 1, OP_READ, 2 * i + 1, 0, 0, &DEFAULT_KEY, 1, 0, start, &out, &sp);
+        core_handle(c, 1, OP_RELEASE, 0, 0, 0, &DEFAULT_KEY, 1, 0, start, &out, &sp);
+        if (c->ev.count > 4096) { /* the Python thread drains the record meanwhile: keep it small here */
+            c->ev.n = 0;
+            c->ev.count = 0;
+        }
+    }
+    elapsed = monotonic() - start;
+    pthread_mutex_unlock(&g_lock);
+    Py_END_ALLOW_THREADS
+    free(out.r);
+    Py_DECREF(core);
+    return PyFloat_FromDouble(elapsed / (2.0 * pairs));
+}
+
+static PyObject *mod_constants(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    return Py_BuildValue("{s(iiiiiiiiiiiiiii)s(iiiiiiiii)s(iiii)s(ii)sisi}", "ops", OP_READ, OP_WRITE, OP_RELEASE,
+                         OP_CANCEL, OP_FENCE_BEGIN, OP_FENCE_END, OP_FENCE_WAIT, OP_COLLECT, OP_CLOSE, OP_STATS,
+                         OP_BOUNDED, OP_DOWNGRADE, OP_SITE, OP_HELLO, OP_LOCKS, "replies", R_GRANTED, R_DENIED,
+                         R_CANCELLED, R_FENCE_DONE, R_PAYLOAD, R_CLOSED, R_ERROR, R_REFUSED, R_DEADLOCK, "flags",
+                         F_TRY, F_UPGRADE, F_MULTI, F_KEYS_IN_PAYLOAD, "tags", TAG_REQUEST, TAG_REPLY, "header",
+                         HEADER_WORDS, "max_message", MAX_MESSAGE);
+}
+
+static PyMethodDef module_methods[] = {
+    {"attach", mod_attach, METH_VARARGS, "attach(core, fortran_comm) -> channel id: serve core on that communicator."},
+    {"start", mod_start, METH_NOARGS, "Start the service thread if it is not running; True if started."},
+    {"join", mod_join, METH_VARARGS, "join(timeout) -> bool: wait until the service thread has stopped."},
+    {"release", mod_release, METH_VARARGS, "release(channel): forget a finished channel."},
+    {"help", mod_help, METH_VARARGS, "help(channel) -> bool: poll that channel once, unless someone else polls."},
+    {"undefer", mod_undefer, METH_VARARGS, "undefer(channel, rank): Python has handled one message of rank."},
+    {"next_item", mod_next_item, METH_VARARGS, "next_item(timeout): the next thing Python must do, or None."},
+    {"configure", (PyCFunction)(void (*)(void))mod_configure, METH_VARARGS | METH_KEYWORDS,
+     "Set the backoff of the service thread and the bounds of the event buffers."},
+    {"library_version", mod_library_version, METH_NOARGS, "MPI_Get_library_version of the MPI this module calls."},
+    {"compiled_against", mod_compiled_against, METH_NOARGS, "(family, version) of the MPI headers at build time."},
+    {"wakeups", mod_wakeups, METH_NOARGS, "How many times the service thread has polled."},
+    {"constants", mod_constants, METH_NOARGS, "The protocol numbers compiled in."},
+    {"time_core", mod_time_core, METH_VARARGS, "time_core(pairs) -> seconds per request of the core alone."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "mpilock.server._native",
+    "The lock rules of mpilock.server.core in C, and a service loop thread that needs no GIL.", -1, module_methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&GraphType);
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
+        PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

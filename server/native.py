@@ -1,0 +1,121 @@
+"""Which lock server loop this process runs: the native one (``server/_native.c``) or the pure-Python one.
+
+Decided once, when first imported (by :mod:`mpilock.controller`): the native
+loop runs if ``MPILOCK_NATIVE`` is not 0, the module ``mpilock.server._native``
+was built and loads, its protocol numbers are this package's, and the MPI
+library it calls is the one mpi4py uses (``MPI_Get_library_version`` as the C
+module sees it, and the family of the MPI headers it was compiled with,
+against mpi4py's).  Otherwise the pure-Python loop runs, and the reason is
+logged once (logger ``mpilock``).  :data:`LOOP` and :data:`REASON` tell which
+and why; ``python -m mpilock.bench`` prints them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from mpi4py import MPI
+
+from .loop import SERVICE, Channel, Observer
+from .protocol import HEADER_LEN, MAX_MESSAGE, TAG_REPLY, TAG_REQUEST, Flag, Op, Reply
+from .settings import SETTINGS
+
+log = logging.getLogger("mpilock")
+
+_FAMILIES = {"MPICH": "MPICH", "Open MPI": "Open MPI"}
+
+
+def decide() -> tuple[str, str, int]:
+    """Return ``(loop, reason, log level)``: ``"native"`` or ``"python"``, why, and how loudly to say it."""
+    if not SETTINGS.native:
+        return "python", "MPILOCK_NATIVE=0 asks for the pure-Python loop", logging.INFO
+    from .native_core import IMPORT_ERROR, NATIVE
+
+    c: Any = NATIVE
+    if c is None:
+        return "python", f"the native module is not built or does not load ({IMPORT_ERROR})", logging.INFO
+    expected = {
+        "ops": tuple(int(op) for op in Op),
+        "replies": tuple(int(reply) for reply in Reply),
+        "flags": (int(Flag.TRY), int(Flag.UPGRADE), int(Flag.MULTI), int(Flag.KEYS_IN_PAYLOAD)),
+        "tags": (TAG_REQUEST, TAG_REPLY),
+        "header": HEADER_LEN,
+        "max_message": MAX_MESSAGE,
+    }
+    if c.constants() != expected:
+        return "python", "the native module was built from another version of the protocol", logging.WARNING
+    family, version = c.compiled_against()
+    vendor = MPI.get_vendor()[0]
+    ours, theirs = c.library_version(), MPI.Get_library_version()
+    if _FAMILIES.get(vendor, vendor) != family or (ours or "").strip() != theirs.strip():
+        first = theirs.strip().splitlines()[0] if theirs.strip() else "?"
+        return (
+            "python",
+            f"the native module was built against {family} {version}, but mpi4py uses {vendor} ({first}); "
+            "reinstall mpilock with that MPI's mpicc (MPICC=...) to use it",
+            logging.WARNING,
+        )
+    return "native", f"built against {family} {version}, the MPI library mpi4py uses", logging.INFO
+
+
+LOOP, REASON, _LEVEL = decide()
+"""``"native"`` or ``"python"``, and why."""
+log.log(_LEVEL, "mpilock: %s lock server loop: %s", LOOP, REASON)
+
+__all__ = ["LOOP", "REASON", "ServedChannel", "Service", "chosen", "decide", "serve", "use"]
+
+
+class ServedChannel(Protocol):
+    """What a controller needs of the server side of its lock, whichever loop serves it."""
+
+    finished: threading.Event
+    """Set once every rank has closed and the last replies are delivered."""
+
+    def help(self) -> bool:
+        """Poll once from the master's waiting application thread; return whether a request was served."""
+
+
+class Service(Protocol):
+    """The loop that serves a process's channels."""
+
+    def channel_finished(self) -> None:
+        """Stop the loop's threads before returning if the channel that has just finished was the last."""
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Join the loop's threads if no channel is left; return whether they are gone."""
+
+
+def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedChannel, Service]:
+    """Serve the lock of the controller whose private communicator is ``comm`` with this process's loop."""
+    if chosen() == "native":
+        from .native_loop import SERVICE as NATIVE
+
+        return NATIVE.channel(comm, observer, name), NATIVE
+    channel = Channel(comm, observer, graph=SERVICE.graph, name=name, lock=SERVICE.poll_lock)
+    SERVICE.add(channel)
+    return channel, SERVICE
+
+
+_CHOSEN: list[str] = []
+"""The loop :func:`use` chose for the controllers made from then on (empty: :data:`LOOP`)."""
+
+
+def use(loop: str | None) -> None:
+    """Serve the controllers this process makes from now on with ``loop`` (``None``: :data:`LOOP`).
+
+    For ``python -m mpilock.bench``, which measures both loops in one run.
+    ``"native"`` raises ``ValueError`` where the native loop cannot run.
+    Controllers of different loops detect deadlocks only among their own kind.
+    """
+    if loop not in (None, "native", "python"):
+        raise ValueError(f"loop must be 'native', 'python' or None, not {loop!r}")
+    if loop == "native" and LOOP != "native":
+        raise ValueError(f"the native loop cannot run here: {REASON}")
+    _CHOSEN[:] = [loop] if loop is not None else []
+
+
+def chosen() -> str:
+    """Return the loop that serves the controllers made now: ``"native"`` or ``"python"``."""
+    return _CHOSEN[0] if _CHOSEN else LOOP

@@ -1,0 +1,293 @@
+"""The native service loop: a C thread answers lock requests; a Python thread does what needs Python.
+
+One C thread per process (``server/_native.c``) polls every native channel's
+persistent receive with ``MPI_Test`` and answers lock requests (read, write,
+try, upgrade, bounded, release, downgrade, cancel, hello, close) without the
+GIL, sending replies with ``MPI_Isend``.  It hands everything else to one
+Python thread per process (:class:`NativeService`), which waits for it with
+the GIL released: messages with payloads (fences, acquire sites, keys too long
+to travel inline), fences, ``STATS``, ``LOCKS``, the texts of errors,
+refusals and deadlocks, and the end of a channel.  A rank's messages after one
+handed to Python go to Python too, in order, until Python has handled it, so
+that every rank's requests are applied in the order it sent them.
+
+Statistics stay exact: the C core records every lock request with its
+replies, in the order it applied them (whoever applied them), and Python feeds
+those records to the channel's :class:`~mpilock.trace.Recorder` on ``STATS``,
+on close, and whenever the record grows past a bound (the C thread waits for
+Python once it is far past it, so memory stays bounded).
+
+The master's own application thread, waiting for a reply, polls its channel
+in C (:meth:`NativeChannel.help`): its grants need neither thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from mpi4py import MPI
+
+from . import wire
+from .events import ProtocolError, Send
+from .frames import Arrival, Payload
+from .loop import JOIN_TIMEOUT, Observer
+from .native_core import NativeGraph, NativeLockCore, module
+from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .settings import SETTINGS
+
+log = logging.getLogger("mpilock.server")
+_c = module()
+
+_MESSAGE, _SPECIAL, _DRAIN, _FINISHED = 1, 2, 3, 4
+"""Kinds of the things the C thread hands to Python (``enum I_*`` of _native.c)."""
+_STATS = int(Op.STATS)
+_KEYED = frozenset(int(op) for op in KEYED)
+_NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
+_DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
+_HEADER_SIZE = HEADER.size
+
+SOFT_EVENTS = 4096
+"""Recorded requests after which the C thread asks Python to feed them to the recorder."""
+HARD_EVENTS = 65536
+"""Recorded requests at which the C thread stops serving until Python has fed them to the recorder."""
+SHORTEST_SLEEP = 10e-6
+"""Poll interval of the C thread during :data:`HOT` after a request, and its first sleep after that."""
+HOT = SETTINGS.native_hot
+"""Seconds after a request during which the C thread polls every :data:`SHORTEST_SLEEP` (``MPILOCK_NATIVE_HOT``)."""
+BUSY_SLEEP = 0.0002
+"""Longest sleep of the C thread while a request came within :data:`IDLE_AFTER`."""
+IDLE_AFTER = 0.05
+"""Seconds without a request after which the C thread's sleeps may grow to :data:`IDLE_SLEEP`."""
+IDLE_SLEEP = SETTINGS.native_idle_sleep
+"""Longest sleep of the idle C thread: the first grant after idling waits at most this long more.
+
+A wake-up costs the thread ~16 µs of CPU on a 2-core VM (timer, switch, cold caches; ``MPI_Test``
+itself 0.5 µs), so 5 ms (200 wake-ups/s) keeps an idle master near 0.3 % of a core."""
+
+
+class NativeChannel:
+    """The server side of one controller, served by the C thread: its private communicator and native core."""
+
+    def __init__(
+        self,
+        comm: MPI.Intracomm,
+        observer: Observer | None,
+        graph: NativeGraph,
+        name: str = "",
+        members: Iterable[int] | None = None,
+    ) -> None:
+        """Serve the lock of the controller that owns the private ``comm`` (see :class:`~.loop.Channel`)."""
+        self.comm = comm
+        self.core = NativeLockCore(comm.Get_size(), members, graph, name, record=observer is not None)
+        self.observer = observer
+        self.finished = threading.Event()
+        """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
+        self._sends: wire.Pending = []
+        self.id: int = _c.attach(self.core.native, comm.py2f())
+
+    def help(self) -> bool:
+        """Poll once from a client thread of the master (in C, with the GIL held: microseconds).
+
+        The master's own requests are answered without a thread switch.  A
+        failure aborts the job, as in the server threads.
+        """
+        try:
+            return bool(_c.help(self.id))
+        except BaseException:
+            log.critical("mpilock server failed in a waiting client thread; aborting the MPI job", exc_info=True)
+            MPI.COMM_WORLD.Abort(70)
+            raise
+
+    # -- what the Python thread does ----------------------------------------------------------------
+    def serve_message(self, rank: int, message: bytes) -> None:
+        """Serve a request the C thread handed over (with a payload, or not a lock request)."""
+        op, seq, arg, aux, nbytes, site, _ = HEADER.unpack_from(message)
+        area = message[_HEADER_SIZE:]
+        payload: Payload | None = None
+        if nbytes > 0:
+            payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST)
+        elif nbytes < 0:  # frames: one chunk per test, so that MPI's lock is free for the C thread in between
+            arrival = Arrival(self.comm, rank, TAG_REQUEST, -nbytes)
+            while not arrival.test():
+                time.sleep(0.0001)
+            payload = arrival.frames
+        if op == _STATS:
+            self.drain()
+            stats = self.observer.stats() if self.observer is not None else {}
+            replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
+        else:
+            now = time.monotonic()
+            keys = _DEFAULT_KEYS
+            try:
+                if op in _KEYED:
+                    keys = wire.request_keys(arg, area, payload)
+                replies = self.core.handle(rank, op, seq, arg, aux, payload, keys, site, now)
+            except (ProtocolError, ValueError) as err:
+                log.warning("protocol error from rank %d: %s", rank, err)
+                replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
+        self.send(replies)
+
+    def serve_special(self, rank: int, op: int, seq: int, keys: tuple[bytes, ...], special: tuple[Any, ...]) -> None:
+        """Send the reply of a request the C thread served whose reply carries a text (an error, refusal, deadlock)."""
+        if special[0] == "error":
+            text = self.core.error_text(special, rank, op, int(special[3]), keys)
+            log.warning("protocol error from rank %d: %s", rank, text)
+            if op not in _NO_REPLY:
+                self.send([Send(rank, Reply.ERROR, seq, payload=text.encode())])
+            return
+        code = Reply.REFUSED if special[0] == "refused" else Reply.DEADLOCK
+        self.send([Send(rank, code, seq, payload=self.core.special_text(special, rank, keys).encode())])
+
+    def send(self, replies: list[Send]) -> None:
+        """Start sending ``replies`` from Python (those with payloads; the C thread sends the plain ones)."""
+        sends = self._sends
+        for reply in replies:
+            wire.isend(
+                self.comm,
+                reply.rank,
+                TAG_REPLY,
+                reply.code,
+                reply.seq,
+                reply.arg,
+                reply.aux,
+                reply.payload,
+                sends,
+            )
+        if len(sends) >= wire.REAP_AFTER:
+            self._sends = wire.reap(sends)
+
+    def drain(self) -> None:
+        """Feed the requests the C core recorded to the observer, in the order they were applied."""
+        events = self.core.drain()
+        observer = self.observer
+        if observer is not None:
+            for now, rank, op, seq, keys, replies in events:
+                observer.observe(now, rank, op, seq, replies, keys)
+
+    def finish(self) -> None:
+        """Every rank has closed and the C side has delivered its last replies: finish ours and say so."""
+        self.drain()
+        MPI.Request.Waitall([r for r, _ in self._sends])
+        self._sends.clear()
+        _c.release(self.id)
+        self.finished.set()
+
+    def reap(self) -> None:
+        """Complete the finished sends of Python's replies."""
+        if self._sends:
+            self._sends = wire.reap(self._sends)
+
+
+class NativeService:
+    """The process's native loop: the C thread and the Python thread, started and stopped with their channels."""
+
+    def __init__(self) -> None:
+        """Create an idle service; :meth:`add` starts the threads."""
+        self._graph: NativeGraph | None = None
+        self._lock = threading.Lock()
+        self._channels: dict[int, NativeChannel] = {}
+        self._thread: threading.Thread | None = None
+        self._configured = False
+
+    @property
+    def graph(self) -> NativeGraph:
+        """The wait-for graph of every native channel of this process (deadlocks across controllers)."""
+        if self._graph is None:
+            self._graph = NativeGraph()
+        return self._graph
+
+    @property
+    def running(self) -> bool:
+        """Whether the Python thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def channel(self, comm: MPI.Intracomm, observer: Observer | None, name: str) -> NativeChannel:
+        """Make a native channel on ``comm`` and serve it until every rank has closed it."""
+        if not self._configured:
+            _c.configure(
+                spin=SETTINGS.spin,
+                shortest=SHORTEST_SLEEP,
+                hot=HOT,
+                longest=min(BUSY_SLEEP, IDLE_SLEEP),
+                idle_after=IDLE_AFTER,
+                idle_longest=IDLE_SLEEP,
+                soft_events=SOFT_EVENTS,
+                hard_events=HARD_EVENTS,
+            )
+            self._configured = True
+        channel = NativeChannel(comm, observer, self.graph, name)
+        self.add(channel)
+        return channel
+
+    def add(self, channel: NativeChannel) -> None:
+        """Serve ``channel``: start the threads if they are not running."""
+        with self._lock:
+            self._channels[channel.id] = channel
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mpilock-native", daemon=True)
+                self._thread.start()
+        _c.start()
+
+    def channel_finished(self) -> None:
+        """If no open channel is left (one has just finished), join both threads (called by the closing rank)."""
+        with self._lock:
+            if self._channels:
+                return
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
+        _c.join(JOIN_TIMEOUT)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Join the threads if no channel is left; return whether they are gone."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.running and bool(_c.join(0.0 if timeout is None else timeout))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = _c.next_item(1.0)
+                if item is not None:
+                    self._handle(item)
+                with self._lock:
+                    for channel in self._channels.values():
+                        channel.reap()
+                    if not self._channels:
+                        self._thread = None
+                        return
+        except BaseException:  # a bug here would hang every rank: abort instead
+            log.critical("mpilock native server's Python thread crashed; aborting the MPI job", exc_info=True)
+            MPI.COMM_WORLD.Abort(70)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind, ident = item[0], item[1]
+        channel = self._channels.get(ident)
+        if channel is None:
+            return
+        if kind == _MESSAGE:
+            rank = item[2]
+            try:
+                channel.serve_message(rank, item[3])
+            finally:
+                _c.undefer(ident, rank)
+        elif kind == _SPECIAL:
+            _, _, rank, op, seq, keys, special = item
+            channel.serve_special(rank, op, seq, keys, special)
+        elif kind == _DRAIN:
+            channel.drain()
+        elif kind == _FINISHED:
+            channel.finish()
+            with self._lock:
+                del self._channels[ident]
+
+
+SERVICE = NativeService()
+"""The one native service of this process."""
