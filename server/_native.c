@@ -22,6 +22,7 @@
 #include <math.h>
 #include <mpi.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <stdint.h>
@@ -1742,6 +1743,9 @@ static void *native_thread(void *unused)
 {
     (void)unused;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* sleeps of microseconds, not the default 50 us more */
+    sigset_t all; /* signals are the application's: they go to its threads, never interrupt this one's MPI calls */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     double last_work = monotonic(), sleep = g_shortest;
     for (;;) {
         int busy = 0, open = 0;

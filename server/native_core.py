@@ -369,6 +369,10 @@ class NativeLockCore:
             table[key] = state
         return table
 
+    def lock_count(self) -> int:
+        """Count the keys with holders or waiters (as :meth:`LockCore.lock_count`)."""
+        return sum(1 for state in self.keys.values() if not state.idle())
+
     def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
         """Holders and waiters of ``wanted`` keys (default: every key in use), as :meth:`LockCore.table`."""
         return lock_table(self.keys, self.site, now, wanted)

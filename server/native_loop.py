@@ -93,15 +93,14 @@ class NativeChannel:
     def help(self) -> bool:
         """Poll once from a client thread of the master (in C, with the GIL held: microseconds).
 
-        The master's own requests are answered without a thread switch.  A
-        failure aborts the job, as in the server threads.
+        The master's own requests are answered without a thread switch.  The
+        C call cannot fail (an MPI failure aborts the job inside it) and a
+        signal cannot interrupt it: an exception a signal handler raises
+        (``KeyboardInterrupt``, a timeout alarm) arrives after the call has
+        returned, with the channel consistent, so it goes to the waiting
+        client like any other exception; the main thread may poll too.
         """
-        try:
-            return bool(_c.help(self.id))
-        except BaseException:
-            log.critical("mpilock server failed in a waiting client thread; aborting the MPI job", exc_info=True)
-            MPI.COMM_WORLD.Abort(70)
-            raise
+        return bool(_c.help(self.id))
 
     # -- what the Python thread does ----------------------------------------------------------------
     def serve_message(self, rank: int, message: bytes) -> None:
@@ -284,9 +283,11 @@ class NativeService:
         elif kind == _DRAIN:
             channel.drain()
         elif kind == _FINISHED:
-            channel.finish()
+            # Forget the channel before finish() sets its event: the closing thread, woken by that event,
+            # joins both threads only when no channel is left (otherwise MPI_Finalize could run beside them).
             with self._lock:
                 del self._channels[ident]
+            channel.finish()
 
 
 SERVICE = NativeService()
