@@ -98,8 +98,20 @@ class Lock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Release what the matching ``__enter__`` acquired."""
-        self._ctrl._release(self._taken.pop())
+        """Release what the matching ``__enter__`` acquired.
+
+        An exception that a signal handler raises as the release starts (the
+        first line of ``_release``, say) would leave the lock held: the
+        release is finished first (it is idempotent), then the exception goes on.
+        """
+        taken = self._taken[-1]  # a subscript, not a call: no signal handler runs here
+        try:
+            self._ctrl._release(taken)
+        except BaseException:
+            self._ctrl._release(taken)
+            raise
+        finally:
+            del self._taken[-1]
 
     def __repr__(self) -> str:
         """Show what is locked."""
@@ -357,14 +369,20 @@ class WindowController:
             return
         need, promote = taken
         held = self._held
+        # Forget a key only after its release is sent (so that an interrupted release can be finished by
+        # calling this again), and with no call in between (no signal handler can run between the two).
         if need:
             if len(need) == 1:
-                if held.pop(need[0], None) is not None:
+                key = need[0]
+                if key in held:
                     self._send(Op.RELEASE, need)
+                    del held[key]
             else:
-                mine = tuple(k for k in need if held.pop(k, None) is not None)
+                mine = tuple(k for k in need if k in held)
                 if mine:
                     self._send(Op.RELEASE, mine)
+                    for key in mine:
+                        del held[key]
         if promote:  # back to the read lock the outer block holds
             mine = tuple(k for k in promote if held.get(k) == WRITE)
             if mine:
@@ -396,10 +414,12 @@ class WindowController:
             flags |= _TRY
         request = wire.key_area(keys, flags) if keys is not _DEFAULT else (b"", flags, None)
         area, flags, payload = request
-        seq = self._link.send(op, flags | arg, limit, payload, area=area, site=site)
-        deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
-        self._asking = (request, op, keys, site)
-        try:
+        seq = self._link.reserve()
+        try:  # from before the send: an exception right after it still withdraws (a CANCEL of a request
+            # the server never saw is answered CANCELLED all the same)
+            self._link.send(op, flags | arg, limit, payload, seq=seq, area=area, site=site)
+            deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
+            self._asking = (request, op, keys, site)
             answer = self._link.wait(seq, _GRANT, deadline, self._watch)
         except MpilockError:
             raise  # the server answered with an error: it kept nothing of the request

@@ -69,6 +69,11 @@ class Link:
         """One persistent receive for the replies, started when a wait needs it."""
         self._started = False
 
+    def reserve(self) -> int:
+        """Return the sequence number of a request about to be sent (``send(..., seq=reserve())``)."""
+        self._seq += 1
+        return self._seq
+
     def send(
         self,
         op: Op,
