@@ -381,8 +381,7 @@ class WindowController:
                 mine = tuple(k for k in need if k in held)
                 if mine:
                     self._send(Op.RELEASE, mine)
-                    for key in mine:
-                        del held[key]
+                    any(map(held.__delitem__, mine))  # in C, all at once: a Python loop could be interrupted
         if promote:  # back to the read lock the outer block holds
             mine = tuple(k for k in promote if held.get(k) == WRITE)
             if mine:
