@@ -533,7 +533,7 @@ class WindowController:
         lifecycle.unregister(self._serial)
         try:
             if self._channel is not None and self._service is not None:
-                self._channel.finished.wait()
+                self._link.wait_for(self._channel.finished)
                 self._service.channel_finished()
             if self._recorder is not None and self._trace_path is not None:
                 self._recorder.write_chrome_trace(self._trace_path)

@@ -11,22 +11,33 @@
   whole job instead of burning its allocation.  mpi4py's runner reports a
   ``SystemExit`` status only through ``MPI._set_abort_status``; we record it
   there (a wrapper, installed once).
-* **An explicit ``MPI.Finalize()``** without ``close()``: MPI calls the
-  delete callback of an attribute on ``MPI_COMM_SELF`` at the start of
-  ``MPI_Finalize``, while MPI still works; it closes every open controller
+* **An explicit ``MPI.Finalize()``** without ``close()``: mpilock wraps
+  mpi4py's ``MPI.Finalize`` so that it closes every open controller first
   (every rank finalizes, so the collective close completes) and joins the
-  server thread, so nothing touches MPI after it is finalized.
+  server threads, so nothing touches MPI after it is finalized.
+* **``MPI_Finalize`` from elsewhere** (C code, or a ``Finalize`` imported
+  from ``mpi4py.MPI`` before mpilock was): MPI calls the delete callback of
+  an attribute on ``MPI_COMM_SELF`` at its start, while MPI still works, and
+  the callback closes the open controllers.  MPICH no longer serializes the
+  MPI calls of a process's threads by then, so the callback first stops the
+  server threads (:func:`mpilock.server.native.pause`) and the closing
+  thread serves its channels itself.  A server thread caught inside an MPI
+  call at the instant MPICH stopped serializing can still upset MPICH (it
+  may abort in ``MPI_Finalize``); the wrapper above has no such window.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import sys
 from typing import Any, Protocol
 
 from mpi4py import MPI
+
+from .server import native
 
 log = logging.getLogger("mpilock")
 
@@ -103,6 +114,8 @@ atexit.register(close_all)
 def _at_finalize(comm: Any, keyval: int, value: Any) -> None:
     """Delete callback of the ``MPI_COMM_SELF`` attribute: MPI is finalizing."""
     try:
+        if _OPEN:
+            native.pause()
         close_all()
     except BaseException:
         log.critical("closing the open WindowControllers at MPI_Finalize failed; aborting", exc_info=True)
@@ -131,4 +144,20 @@ def _record_abort_status() -> None:
     setattr(MPI, "_set_abort_status", set_abort_status)  # noqa: B010 (a private name mypy's stubs keep)
 
 
+def _wrap_finalize() -> None:
+    """Make mpi4py's ``MPI.Finalize`` close the open controllers before ``MPI_Finalize`` begins (see module doc)."""
+    original = MPI.Finalize
+    if getattr(original, "_mpilock", False):
+        return
+
+    @functools.wraps(original)
+    def finalize() -> None:
+        close_all()
+        original()
+
+    finalize._mpilock = True  # type: ignore[attr-defined]
+    setattr(MPI, "Finalize", finalize)  # noqa: B010 (mpi4py's own name for it, replaced)
+
+
 _record_abort_status()
+_wrap_finalize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -12,9 +13,12 @@ from .errors import DeadlockError, LimitError, MpilockError
 from .server import wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Payload, joined
+from .server.native import PAUSED, drive
 from .server.protocol import HEADER, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
+DRIVE_INTERVAL = 0.0002
+"""Seconds between a paused process's polls of its channels while it waits for an event (see :meth:`Link.wait_for`)."""
 _REPLIES = {int(r): r for r in Reply}
 """Reply codes to members, a dict lookup: ``Reply(code)`` costs ~0.2 µs."""
 _REFUSALS: dict[Reply, tuple[type[MpilockError], str]] = {
@@ -149,13 +153,25 @@ class Link:
                     return None
                 if watch is not None and question < 0 and now >= watch.due:
                     question = watch.ask(self)
-            if self._local is not None and self._local():
+            if PAUSED.is_set():  # MPI_Finalize has begun and no server thread runs: serve this rank's channels
+                if drive():
+                    continue
+            elif self._local is not None and self._local():
                 continue  # served a request here (perhaps ours): test again at once
             if backoff is None:  # created only when the reply is not there at once
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
                 if watcher is not None:
                     watch = watcher(time.monotonic())
             backoff.pause()
+
+    def wait_for(self, event: threading.Event) -> None:
+        """Block until ``event`` is set, serving this rank's channels meanwhile if no server thread does."""
+        while not event.is_set():
+            if PAUSED.is_set():
+                drive()
+                event.wait(DRIVE_INTERVAL)
+            else:
+                event.wait()
 
     def call(self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b"") -> Answer:
         """Send a request and wait for its reply."""

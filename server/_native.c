@@ -1455,6 +1455,7 @@ static Channel *g_channels = NULL;
 static int g_next_channel = 1;
 static Item *g_items = NULL, **g_items_tail = &g_items;
 static int g_thread_running = 0, g_thread_joinable = 0;
+static int g_paused = 0; /* MPI_Finalize has begun: one thread calls MPI from now on, the service thread stays out */
 static volatile int g_want = 0; /* Python threads waiting for g_lock: the service thread lets them in */
 static pthread_t g_thread;
 static double g_spin = 0.0002, g_shortest = 10e-6, g_hot = 0.005, g_longest = 0.0002, g_idle_after = 0.05,
@@ -1750,7 +1751,7 @@ static void *native_thread(void *unused)
     for (;;) {
         int busy = 0, open = 0;
         pthread_mutex_lock(&g_lock);
-        while (over_hard_bound()) { /* never unbounded memory: wait for Python to drain */
+        while (over_hard_bound() && !g_paused) { /* never unbounded memory: wait for Python to drain */
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_nsec += 1000000;
@@ -1759,6 +1760,11 @@ static void *native_thread(void *unused)
                 until.tv_nsec -= 1000000000;
             }
             pthread_cond_timedwait(&g_drained, &g_lock, &until);
+        }
+        if (g_paused) {
+            g_thread_running = 0;
+            pthread_mutex_unlock(&g_lock);
+            break;
         }
         for (Channel *ch = g_channels; ch; ch = ch->next) {
             if (ch->finished)
@@ -2396,7 +2402,7 @@ static PyObject *mod_start(PyObject *mod, PyObject *unused)
     (void)unused;
     lock_world();
     int started = 0;
-    if (!g_thread_running) {
+    if (!g_thread_running && !g_paused) {
         reap_thread(); /* one that has stopped but was not joined yet */
         if (pthread_create(&g_thread, NULL, native_thread, NULL) == 0) {
             g_thread_running = 1;
@@ -2410,6 +2416,20 @@ static PyObject *mod_start(PyObject *mod, PyObject *unused)
     }
     pthread_mutex_unlock(&g_lock);
     return PyBool_FromLong(started);
+}
+
+/* MPI_Finalize has begun (MPICH no longer serializes MPI calls then): stop the service thread for good and
+ * wake a Python thread waiting in next_item.  From now on the caller polls with help() and takes the items. */
+static PyObject *mod_pause(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    lock_world();
+    g_paused = 1;
+    pthread_cond_broadcast(&g_items_ready);
+    pthread_cond_broadcast(&g_drained);
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
 }
 
 /* Join the service thread once it has stopped (no open channel left); True if it is gone. */
@@ -2544,7 +2564,7 @@ static PyObject *mod_next_item(PyObject *mod, PyObject *args)
             until.tv_sec++;
             until.tv_nsec -= 1000000000;
         }
-        while (!g_items) {
+        while (!g_items && !g_paused) {
             if (pthread_cond_timedwait(&g_items_ready, &g_lock, &until) == ETIMEDOUT)
                 break;
         }
@@ -2674,6 +2694,7 @@ static PyMethodDef module_methods[] = {
     {"attach", mod_attach, METH_VARARGS, "attach(core, fortran_comm) -> channel id: serve core on that communicator."},
     {"start", mod_start, METH_NOARGS, "Start the service thread if it is not running; True if started."},
     {"join", mod_join, METH_VARARGS, "join(timeout) -> bool: wait until the service thread has stopped."},
+    {"pause", mod_pause, METH_NOARGS, "Stop the service thread for good (MPI_Finalize): the caller polls."},
     {"release", mod_release, METH_VARARGS, "release(channel): forget a finished channel."},
     {"help", mod_help, METH_VARARGS, "help(channel) -> bool: poll that channel once, unless someone else polls."},
     {"undefer", mod_undefer, METH_VARARGS, "undefer(channel, rank): Python has handled one message of rank."},

@@ -296,6 +296,7 @@ class ServiceLoop:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._saved_interval: float | None = None
+        self._paused = False
 
     @property
     def running(self) -> bool:
@@ -307,6 +308,8 @@ class ServiceLoop:
         """Serve ``channel`` until every rank has closed it."""
         with self._lock:
             self._channels.append(channel)
+            if self._paused:  # polled by drive()
+                return
             if SWITCH_INTERVAL > 0 and self._saved_interval is None:
                 self._saved_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL))
@@ -331,6 +334,30 @@ class ServiceLoop:
         if thread is not None and thread is not threading.current_thread():
             thread.join(JOIN_TIMEOUT)
 
+    def pause(self) -> None:
+        """Stop the server thread for good: from now on waiting clients :meth:`drive` (``MPI_Finalize``).
+
+        MPICH stops serializing the MPI calls of a process's threads once
+        ``MPI_Finalize`` has begun, before it calls the delete callbacks of
+        ``MPI_COMM_SELF`` where the open controllers are closed; from then on
+        one thread must make every MPI call.
+        """
+        with self._lock:
+            self._paused = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
+
+    def drive(self) -> bool:
+        """Poll every open channel once in this thread, the server thread's work once paused; return if one served."""
+        with self._lock:
+            channels = [c for c in self._channels if not c.finished.is_set()]
+        served = False
+        for channel in channels:
+            served = channel.poll(False) or served
+        return served
+
     def _restore_interval(self) -> None:
         if self._saved_interval is not None:
             sys.setswitchinterval(self._saved_interval)
@@ -354,6 +381,9 @@ class ServiceLoop:
         """Return the open channels; with none left, mark the thread stopped and restore the interval."""
         with self._lock:
             self._channels = [c for c in self._channels if not c.finished.is_set()]
+            if self._paused:  # the waiting clients poll from now on
+                self._thread = None
+                return []
             if not self._channels:
                 self._thread = None
                 self._restore_interval()

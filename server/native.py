@@ -13,6 +13,7 @@ and why; ``python -m mpilock.bench`` prints them.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -64,7 +65,7 @@ LOOP, REASON, _LEVEL = decide()
 """``"native"`` or ``"python"``, and why."""
 log.log(_LEVEL, "mpilock: %s lock server loop: %s", LOOP, REASON)
 
-__all__ = ["LOOP", "REASON", "ServedChannel", "Service", "chosen", "decide", "serve", "use"]
+__all__ = ["LOOP", "PAUSED", "REASON", "ServedChannel", "Service", "chosen", "decide", "drive", "pause", "serve", "use"]
 
 
 class ServedChannel(Protocol):
@@ -96,6 +97,38 @@ def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedCha
     channel = Channel(comm, observer, graph=SERVICE.graph, name=name, lock=SERVICE.poll_lock)
     SERVICE.add(channel)
     return channel, SERVICE
+
+
+PAUSED = threading.Event()
+"""Set by :func:`pause`: no server thread runs in this process any more."""
+
+
+def pause() -> None:
+    """Stop every server thread of this process for good: ``MPI_Finalize`` has begun.
+
+    MPICH no longer serializes the MPI calls of a process's threads then (it
+    says so before it calls the ``MPI_COMM_SELF`` delete callbacks), so the
+    thread that closes the open controllers must make every MPI call itself:
+    from now on a waiting client polls its own channel, whichever loop serves it.
+    """
+    PAUSED.set()
+    SERVICE.pause()
+    native_loop = sys.modules.get(f"{__package__}.native_loop")
+    if native_loop is not None:  # imported only once a native channel was made
+        native_loop.SERVICE.pause()
+
+
+def drive() -> bool:
+    """Once :func:`pause` d, do the server threads' work once in this thread; return whether a request was served.
+
+    Every waiting client calls it, whatever it waits for: this rank's
+    channels must be served while it waits for another rank's.
+    """
+    served = SERVICE.drive()
+    native_loop = sys.modules.get(f"{__package__}.native_loop")
+    if native_loop is not None:
+        served = native_loop.SERVICE.drive() or served
+    return served
 
 
 _CHOSEN: list[str] = []

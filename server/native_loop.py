@@ -192,6 +192,7 @@ class NativeService:
         self._channels: dict[int, NativeChannel] = {}
         self._thread: threading.Thread | None = None
         self._configured = False
+        self._paused = False
 
     @property
     def graph(self) -> NativeGraph:
@@ -228,6 +229,8 @@ class NativeService:
         """Serve ``channel``: start the threads if they are not running."""
         with self._lock:
             self._channels[channel.id] = channel
+            if self._paused:  # polled by drive()
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mpilock-native", daemon=True)
                 self._thread.start()
@@ -243,6 +246,40 @@ class NativeService:
             thread.join(JOIN_TIMEOUT)
         _c.join(JOIN_TIMEOUT)
 
+    def pause(self) -> None:
+        """Stop both threads for good: from now on waiting clients :meth:`drive` (``MPI_Finalize``).
+
+        MPICH stops serializing the MPI calls of a process's threads once
+        ``MPI_Finalize`` has begun, before it calls the delete callbacks of
+        ``MPI_COMM_SELF`` where the open controllers are closed; from then on
+        one thread must make every MPI call.
+        """
+        with self._lock:
+            self._paused = True
+            thread = self._thread
+        _c.pause()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
+        _c.join(JOIN_TIMEOUT)
+
+    def drive(self) -> bool:
+        """Do both threads' work once in this thread (once paused): poll every channel, then handle what it handed over.
+
+        Return whether a request was served.
+        """
+        with self._lock:
+            channels = list(self._channels.values())
+        served = False
+        for channel in channels:
+            served = channel.help() or served
+        while (item := _c.next_item(0.0)) is not None:
+            served = True
+            self._handle(item)
+        with self._lock:
+            for channel in self._channels.values():
+                channel.reap()
+        return served
+
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Join the threads if no channel is left; return whether they are gone."""
         thread = self._thread
@@ -257,6 +294,9 @@ class NativeService:
                 if item is not None:
                     self._handle(item)
                 with self._lock:
+                    if self._paused:  # pause() joins this thread: no MPI call from here any more
+                        self._thread = None
+                        return
                     for channel in self._channels.values():
                         channel.reap()
                     if not self._channels:

@@ -145,6 +145,50 @@ def test_mpi_finalize_without_close_closes_every_controller(tmp_path, runner):
         assert "after finalizing" not in output, report
 
 
+def test_mpi_finalize_that_bypasses_mpi4py_still_closes_while_another_rank_locks(tmp_path):
+    """``MPI_Finalize`` reached without mpilock's ``MPI.Finalize`` wrapper: the ``MPI_COMM_SELF`` callback closes.
+
+    MPICH stops serializing the threads' MPI calls before that callback, so it
+    stops the server threads and the closing thread serves this rank's
+    channels itself: rank 0 still locks ``b``, served by rank 2, while rank 2
+    is closing ``a``.  The pauses keep the server threads idle at the instant
+    MPICH stops serializing (a thread inside an MPI call then is the caveat
+    the README states).
+    """
+    body = """
+        from mpi4py import MPI
+        from mpi4py.MPI import Finalize  # bound before mpilock is imported: not its wrapper
+        import time
+        import mpilock
+        comm = MPI.COMM_WORLD
+        rank = comm.rank
+        a, b = mpilock.sync(), mpilock.sync(master=comm.size - 1)
+        assert Finalize is not MPI.Finalize  # the wrapper is in place, and bypassed
+        for i in range(100):
+            with a.write(), b.write(i % 3):
+                pass
+        time.sleep(0.3)
+        if rank == 0:
+            time.sleep(0.5)  # the others are in MPI_Finalize
+            for i in range(50):
+                with b.write(i % 3):
+                    pass
+            time.sleep(0.3)
+        Finalize()
+        assert a.closed and b.closed
+        try:
+            with b.write():
+                pass
+        except mpilock.ClosedError:
+            print(f"rank {rank}: closed after MPI_Finalize", flush=True)
+        """
+    for attempt in range(2):
+        code, seconds, output = run_job(tmp_path, body)
+        report = f"attempt {attempt}: exit {code} after {seconds:.1f} s\n{output[-3000:]}"
+        assert code == 0, report
+        assert output.count("closed after MPI_Finalize") == 3, report
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("MPILOCK_MAX_SLEEP", "-1"), ("MPILOCK_SPIN", "abc"), ("MPILOCK_SPIN", "2ms"), ("MPILOCK_SITES", "maybe")],
