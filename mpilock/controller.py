@@ -36,6 +36,7 @@ from .types import Stats
 log = logging.getLogger("mpilock")
 
 _GRANT = frozenset({Reply.GRANTED, Reply.DENIED})
+_GRANTED = Reply.GRANTED
 _CANCELLED = frozenset({Reply.CANCELLED})
 _OPS = (Op.READ, Op.WRITE, Op.BOUNDED)
 _OP_MODE = {Op.READ: "read", Op.WRITE: "write", Op.BOUNDED: "slot", Op.FENCE_BEGIN: "write"}
@@ -92,8 +93,19 @@ class Lock:
         self._taken: list[Taken] = []
 
     def __enter__(self) -> None:
-        """Acquire (or nest inside what this rank already holds)."""
-        self._taken.append(self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site))
+        """Acquire (or nest inside what this rank already holds).
+
+        An exception that a signal handler raises just after the lock was
+        taken (Python checks for them as ``append`` returns) would leave the
+        block without ``__exit__``: the lock is released before it goes on.
+        """
+        depth = len(self._taken)
+        try:
+            self._taken.append(self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site))
+        except BaseException:
+            if len(self._taken) > depth:  # taken: the exception came after
+                self.__exit__(None, None, None)
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -318,8 +330,7 @@ class WindowController:
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:
-                self._request(_OPS[mode], keys, 0, limit, timeout, site)
-                held[keys[0]] = mode
+                self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode)
                 return keys, ()
             if have in (mode, WRITE):
                 return LOCAL
@@ -328,8 +339,7 @@ class WindowController:
         if not promote:
             if not need:
                 return LOCAL
-            self._request(_OPS[mode], need, 0, limit, timeout, site)
-            held.update(dict.fromkeys(need, mode))
+            self._request(_OPS[mode], need, 0, limit, timeout, site, mode=mode)
             return need, ()
         return self._promote(need, promote, timeout, site)
 
@@ -339,29 +349,24 @@ class WindowController:
         ``need`` are further keys of the same request that this rank does not hold.
         """
         held = self._held
-        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False):
-            held.update(dict.fromkeys(promote, WRITE))
+        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False, mode=WRITE, prior=READ):
             if need:
                 try:
-                    self._request(Op.WRITE, need, 0, 0, timeout, site)
+                    self._request(Op.WRITE, need, 0, 0, timeout, site, mode=WRITE)
                 except BaseException:
                     self._send(Op.DOWNGRADE, promote)
                     held.update(dict.fromkeys(promote, READ))
                     raise
-                held.update(dict.fromkeys(need, WRITE))
             return need, promote
         if timeout == 0.0:  # a try never blocks: the read stays
             raise LockTimeout(f"rank {self._rank} could not promote its read lock to the write lock at once")
         self._send(Op.RELEASE, promote)
-        for key in promote:
-            del held[key]
+        any(map(held.__delitem__, promote))
         try:
-            self._request(Op.WRITE, need + promote, 0, 0, timeout, site)
+            self._request(Op.WRITE, need + promote, 0, 0, timeout, site, mode=WRITE)
         except BaseException:
-            self._request(Op.READ, promote, 0, 0, None, site)  # the outer read lock is held again
-            held.update(dict.fromkeys(promote, READ))
+            self._request(Op.READ, promote, 0, 0, None, site, mode=READ)  # the outer read lock is held again
             raise
-        held.update(dict.fromkeys(need + promote, WRITE))
         return need, promote
 
     def _release(self, taken: Taken) -> None:
@@ -402,12 +407,18 @@ class WindowController:
         site: int,
         arg: int = 0,
         fail: bool = True,
+        mode: int | None = None,
+        prior: int | None = None,
     ) -> bool:
         """Ask the server for ``keys`` and wait for the grant; if not granted, ``False`` or ``LockTimeout`` (``fail``).
 
-        Any exception that leaves the wait (a timeout, a signal handler's
-        ``KeyboardInterrupt``, ...) withdraws the request first, handing back
-        a grant that raced it.  ``arg`` is the fence number of FENCE_BEGIN.
+        A grant records ``keys`` as held in ``mode`` (if given) before this
+        returns.  Any exception that leaves the wait or comes before that
+        record is complete (a timeout, a signal handler's
+        ``KeyboardInterrupt``, ...) withdraws the request, handing back a
+        grant that raced it, and puts ``keys`` back as they were (``prior``:
+        not held, or held in that mode).  ``arg`` is the fence number of
+        FENCE_BEGIN.
         """
         if timeout == 0.0:
             flags |= _TRY
@@ -420,20 +431,35 @@ class WindowController:
             deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
             self._asking = (request, op, keys, site)
             answer = self._link.wait(seq, _GRANT, deadline, self._watch)
+            if answer is not None and answer.code == _GRANTED:
+                if mode is not None:
+                    self._record(keys, mode)
+                return True
         except MpilockError:
             raise  # the server answered with an error: it kept nothing of the request
         except BaseException:
             self._withdraw(seq, request)
+            if mode is not None:
+                self._record(keys, prior)
             raise
         if answer is None:
             self._withdraw(seq, request)
-        if answer is not None and answer.code == Reply.GRANTED:
-            return True
         if not fail:
             return False
         names = ", ".join(keyspace.describe(k) for k in keys)
         how = "could not get" if timeout == 0.0 else f"gave up waiting after {timeout} s for"
         raise LockTimeout(f"rank {self._rank} {how} the {_OP_MODE[op]} lock of {names}")
+
+    def _record(self, keys: tuple[bytes, ...], mode: int | None) -> None:
+        """Note ``keys`` as held in ``mode`` (``None``: not held)."""
+        held = self._held
+        if mode is None:
+            for key in keys:
+                held.pop(key, None)
+        elif len(keys) == 1:
+            held[keys[0]] = mode
+        else:
+            held.update(dict.fromkeys(keys, mode))
 
     def _withdraw(self, seq: int, request: tuple[bytes, int, bytes | None]) -> None:
         """Cancel request ``seq`` and wait until the server confirmed it (a raced grant is handed back).
@@ -473,8 +499,7 @@ class WindowController:
         """Take the default write lock as the writer of fence ``number`` (which also enters the fence)."""
         self._check_use()
         if keyspace.DEFAULT not in self._held:
-            self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number)
-            self._held[keyspace.DEFAULT] = WRITE
+            self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number, mode=WRITE)
             return _DEFAULT, ()
         return self._acquire(_DEFAULT, WRITE, 0, None, site)
 
