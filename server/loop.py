@@ -282,6 +282,12 @@ JOIN_TIMEOUT = 10.0
 """Seconds ``close()`` waits for the server thread to end once its last channel finished."""
 
 
+def join_thread(thread: threading.Thread | None) -> None:
+    """Wait up to :data:`JOIN_TIMEOUT` for a service thread to end, unless there is none or it is this one."""
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(JOIN_TIMEOUT)
+
+
 class ServiceLoop:
     """The process-wide server thread; started and stopped with its channels."""
 
@@ -331,23 +337,15 @@ class ServiceLoop:
             self._restore_interval()
             thread = self._thread
         self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
+        join_thread(thread)
 
     def pause(self) -> None:
-        """Stop the server thread for good: from now on waiting clients :meth:`drive` (``MPI_Finalize``).
-
-        MPICH stops serializing the MPI calls of a process's threads once
-        ``MPI_Finalize`` has begun, before it calls the delete callbacks of
-        ``MPI_COMM_SELF`` where the open controllers are closed; from then on
-        one thread must make every MPI call.
-        """
+        """Stop the server thread for good: waiting clients :meth:`drive` from now on (see :func:`.native.pause`)."""
         with self._lock:
             self._paused = True
             thread = self._thread
         self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
+        join_thread(thread)
 
     def drive(self) -> bool:
         """Poll every open channel once in this thread, the server thread's work once paused; return if one served."""

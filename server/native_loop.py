@@ -35,7 +35,7 @@ from mpi4py import MPI
 from . import wire
 from .events import ProtocolError, Send
 from .frames import Arrival, Payload
-from .loop import JOIN_TIMEOUT, Observer
+from .loop import JOIN_TIMEOUT, Observer, join_thread
 from .native_core import NativeGraph, NativeLockCore, module
 from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
@@ -242,24 +242,16 @@ class NativeService:
             if self._channels:
                 return
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
+        join_thread(thread)
         _c.join(JOIN_TIMEOUT)
 
     def pause(self) -> None:
-        """Stop both threads for good: from now on waiting clients :meth:`drive` (``MPI_Finalize``).
-
-        MPICH stops serializing the MPI calls of a process's threads once
-        ``MPI_Finalize`` has begun, before it calls the delete callbacks of
-        ``MPI_COMM_SELF`` where the open controllers are closed; from then on
-        one thread must make every MPI call.
-        """
+        """Stop both threads for good: waiting clients :meth:`drive` from now on (see :func:`.native.pause`)."""
         with self._lock:
             self._paused = True
             thread = self._thread
         _c.pause()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
+        join_thread(thread)
         _c.join(JOIN_TIMEOUT)
 
     def drive(self) -> bool:
@@ -276,9 +268,13 @@ class NativeService:
             served = True
             self._handle(item)
         with self._lock:
-            for channel in self._channels.values():
-                channel.reap()
+            self._reap()
         return served
+
+    def _reap(self) -> None:
+        """Complete the finished sends of every channel's Python replies (``self._lock`` held)."""
+        for channel in self._channels.values():
+            channel.reap()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Join the threads if no channel is left; return whether they are gone."""
@@ -297,8 +293,7 @@ class NativeService:
                     if self._paused:  # pause() joins this thread: no MPI call from here any more
                         self._thread = None
                         return
-                    for channel in self._channels.values():
-                        channel.reap()
+                    self._reap()
                     if not self._channels:
                         self._thread = None
                         return
