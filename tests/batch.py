@@ -61,8 +61,10 @@ FAILED_GRACE = 2.0
 
 
 def _ranks(item: pytest.Item) -> int:
+    """The rank count ``item`` runs at; 0 for an empty parametrization (no rank count left: pytest skips it)."""
     callspec = getattr(item, "callspec", None)
-    return int(callspec.params.get("mpi_ranks", 1)) if callspec is not None else 1
+    value = callspec.params.get("mpi_ranks", 1) if callspec is not None else 1
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _timeout(item: pytest.Item) -> float:
@@ -72,7 +74,11 @@ def _timeout(item: pytest.Item) -> float:
 
 
 def _batchable(item: pytest.Item) -> bool:
-    return item.get_closest_marker("mpi") is not None and item.get_closest_marker("mpi_isolated") is None
+    return (
+        item.get_closest_marker("mpi") is not None
+        and item.get_closest_marker("mpi_isolated") is None
+        and _ranks(item) > 0
+    )
 
 
 class Batcher:
@@ -104,6 +110,11 @@ class Batcher:
         """Run ``item`` from its file's batch job (launched on its first test), or leave it to pytest-isolate-mpi."""
         if self.inside:
             return self._inner(item) if self.batch_dir else None
+        if item.get_closest_marker("mpi") is not None and _ranks(item) == 0:
+            # No rank count of RANKS reaches the test's minimum: pytest skips the empty parametrization
+            # here (pytest-isolate-mpi would try to launch it with no rank count).
+            runner.runtestprotocol(item, nextitem=nextitem)
+            return True
         if not _batchable(item) or self.config.getoption("--no-mpi-isolation"):
             return None
         group = (item.path.as_posix(), _ranks(item))
