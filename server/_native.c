@@ -30,6 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* -- protocol (checked against server/protocol.py by server/native.py) ----------------------- */
 enum { OP_READ = 1, OP_WRITE, OP_RELEASE, OP_CANCEL, OP_FENCE_BEGIN, OP_FENCE_END, OP_FENCE_WAIT, OP_COLLECT,
@@ -1435,6 +1442,7 @@ struct Channel {
     int nsends, capsends;
     int *deferred;
     int finished, drain_asked;
+    int wakeable; /* every rank of the channel can reach the wake word (same node, wake-up on) */
     Channel *next;
 };
 
@@ -1727,6 +1735,93 @@ static void nap(double seconds)
     nanosleep(&ts, NULL);
 }
 
+/* -- the wake word -------------------------------------------------------------------------------------
+ * One 32-bit word in POSIX shared memory per serving process (server/wake.py names and creates it).  The
+ * service thread, idle past its hot window, stores 1 ("asleep"), polls its channels once more, and sleeps
+ * on the word with FUTEX_WAIT for at most a cap.  A client on the same node that has just sent a request
+ * loads the word and, only if it reads 1, swaps in 0 and calls FUTEX_WAKE: a client pays the system call
+ * only when the server sleeps.  Requests stay MPI messages; the word is a hint, never a lock: a wake-up that
+ * is missed costs at most the cap.  None is missed in the usual order of things: the server stores 1 before
+ * its last poll, a client sends before it loads (with a full fence between), so either the poll sees the
+ * request or the client sees the 1. */
+#define WAKE_BYTES 64
+static uint32_t *g_wake = NULL; /* this process's word, once it serves */
+static long g_sleeps = 0, g_woken = 0; /* futex sleeps of a server thread; of them, ended by a client */
+static double g_wake_longest = 0.1; /* cap of a futex sleep when every client of every channel can wake us */
+
+static uint32_t *wake_map(const char *name, int create)
+{
+    int fd = shm_open(name, create ? O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0600);
+    if (fd < 0)
+        return NULL;
+    if (create && ftruncate(fd, WAKE_BYTES) != 0) {
+        int saved = errno;
+        close(fd);
+        shm_unlink(name);
+        errno = saved;
+        return NULL;
+    }
+    void *p = mmap(NULL, WAKE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int saved = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        if (create)
+            shm_unlink(name);
+        errno = saved;
+        return NULL;
+    }
+    return (uint32_t *)p;
+}
+
+static long futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout)
+{
+    return syscall(SYS_futex, word, op, value, timeout, NULL, 0);
+}
+
+/* A client has sent a request: wake the server if it sleeps.  Returns whether it did. */
+static int wake_poke(uint32_t *word)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the request's stores before the load of the word */
+    if (__atomic_load_n(word, __ATOMIC_RELAXED) != 1 || __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) != 1)
+        return 0;
+    futex(word, FUTEX_WAKE, INT_MAX, NULL);
+    return 1;
+}
+
+/* Sleep on the word (armed to 1 before the caller's last poll) for at most seconds; disarm it.
+ * Returns whether a client woke us (it swapped in the 0). */
+static int wake_sleep(uint32_t *word, double seconds)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    futex(word, FUTEX_WAIT, 1, &ts);
+    int woken = __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0;
+    __atomic_add_fetch(&g_sleeps, 1, __ATOMIC_RELAXED);
+    if (woken)
+        __atomic_add_fetch(&g_woken, 1, __ATOMIC_RELAXED);
+    return woken;
+}
+
+/* Wake our own server thread (pause, close): it must look at the world now, not after its sleep. */
+static void wake_self(void)
+{
+    if (g_wake) {
+        __atomic_store_n(g_wake, 0, __ATOMIC_SEQ_CST);
+        futex(g_wake, FUTEX_WAKE, INT_MAX, NULL);
+    }
+}
+
+/* The cap of a futex sleep: long if every client of every open channel can wake us, else the idle cap
+ * (a client on another node cannot reach the word: the server must come and look).  g_lock held. */
+static double sleep_cap(void)
+{
+    for (Channel *ch = g_channels; ch; ch = ch->next)
+        if (!ch->finished && !ch->wakeable)
+            return g_idle_longest;
+    return g_wake_longest;
+}
+
 /* Join a service thread that has left its loop (g_lock held; it takes g_lock no more). */
 static void reap_thread(void)
 {
@@ -1747,7 +1842,8 @@ static void *native_thread(void *unused)
     sigset_t all; /* signals are the application's: they go to its threads, never interrupt this one's MPI calls */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    double last_work = monotonic(), sleep = g_shortest;
+    double last_work = monotonic(), sleep = g_shortest, cap = g_idle_longest;
+    int armed = 0; /* the wake word says "asleep"; one more poll before the futex sleep */
     for (;;) {
         int busy = 0, open = 0;
         pthread_mutex_lock(&g_lock);
@@ -1779,8 +1875,12 @@ static void *native_thread(void *unused)
         if (!open) {
             g_thread_running = 0;
             pthread_mutex_unlock(&g_lock);
+            if (armed)
+                __atomic_store_n(g_wake, 0, __ATOMIC_SEQ_CST);
             break;
         }
+        if (g_wake)
+            cap = sleep_cap();
         pthread_mutex_unlock(&g_lock);
         g_wakeups++;
         if (g_want)
@@ -1789,6 +1889,10 @@ static void *native_thread(void *unused)
         if (busy) {
             last_work = now;
             sleep = g_shortest;
+            if (armed) {
+                __atomic_store_n(g_wake, 0, __ATOMIC_SEQ_CST);
+                armed = 0;
+            }
             continue;
         }
         double since = now - last_work;
@@ -1800,9 +1904,19 @@ static void *native_thread(void *unused)
             nap(g_shortest);
             continue;
         }
+        if (g_wake) { /* idle: sleep until a client wakes us, or the cap */
+            if (!armed) {
+                __atomic_store_n(g_wake, 1, __ATOMIC_SEQ_CST);
+                armed = 1;
+                continue; /* a request sent before the store was seen must be seen by this poll */
+            }
+            wake_sleep(g_wake, cap);
+            armed = 0;
+            continue;
+        }
         nap(sleep);
-        double cap = since > g_idle_after ? g_idle_longest : g_longest;
-        sleep = sleep * 2 < cap ? sleep * 2 : cap;
+        double most = since > g_idle_after ? g_idle_longest : g_longest;
+        sleep = sleep * 2 < most ? sleep * 2 : most;
     }
     return NULL;
 }
@@ -2426,6 +2540,7 @@ static PyObject *mod_pause(PyObject *mod, PyObject *unused)
     (void)unused;
     lock_world();
     g_paused = 1;
+    wake_self();
     pthread_cond_broadcast(&g_items_ready);
     pthread_cond_broadcast(&g_drained);
     pthread_mutex_unlock(&g_lock);
@@ -2586,14 +2701,15 @@ static PyObject *mod_configure(PyObject *mod, PyObject *args, PyObject *kwds)
 {
     (void)mod;
     static char *kwlist[] = {"spin", "shortest", "hot", "longest", "idle_after", "idle_longest", "soft_events",
-                             "hard_events", NULL};
+                             "hard_events", "wake_longest", NULL};
     double spin = g_spin, shortest = g_shortest, hot = g_hot, longest = g_longest, idle_after = g_idle_after,
-           idle_longest = g_idle_longest;
+           idle_longest = g_idle_longest, wake_longest = g_wake_longest;
     Py_ssize_t soft = (Py_ssize_t)g_soft_events, hard = (Py_ssize_t)g_hard_events;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddddnn", kwlist, &spin, &shortest, &hot, &longest, &idle_after,
-                                     &idle_longest, &soft, &hard))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ddddddnnd", kwlist, &spin, &shortest, &hot, &longest, &idle_after,
+                                     &idle_longest, &soft, &hard, &wake_longest))
         return NULL;
     lock_world();
+    g_wake_longest = wake_longest;
     g_spin = spin;
     g_shortest = shortest;
     g_hot = hot;
@@ -2690,6 +2806,157 @@ static PyObject *mod_constants(PyObject *mod, PyObject *unused)
                          HEADER_WORDS, "max_message", MAX_MESSAGE);
 }
 
+/* -- module functions: the wake word (see "the wake word" above) ----------------------------------------- */
+static PyObject *mod_wake_serve(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name))
+        return NULL;
+    if (g_wake)
+        Py_RETURN_FALSE;
+    uint32_t *word = wake_map(name, 1);
+    if (!word)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    __atomic_store_n(word, 0, __ATOMIC_SEQ_CST);
+    lock_world();
+    g_wake = word;
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *mod_wake_unlink(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name))
+        return NULL;
+    if (shm_unlink(name) != 0 && errno != ENOENT)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_wakeable(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int id, flag;
+    if (!PyArg_ParseTuple(args, "ip", &id, &flag))
+        return NULL;
+    lock_world();
+    Channel *ch = find_channel(id);
+    if (ch)
+        ch->wakeable = flag;
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_wake_counts(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    return Py_BuildValue("(ll)", __atomic_load_n(&g_sleeps, __ATOMIC_RELAXED),
+                         __atomic_load_n(&g_woken, __ATOMIC_RELAXED));
+}
+
+/* For a server loop in Python: arm the word before the last poll, sleep on it if that poll found nothing. */
+static PyObject *mod_wake_arm(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    if (!g_wake)
+        Py_RETURN_FALSE;
+    __atomic_store_n(g_wake, 1, __ATOMIC_SEQ_CST);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *mod_wake_sleep(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "d", &seconds))
+        return NULL;
+    if (!g_wake)
+        Py_RETURN_FALSE;
+    int woken;
+    Py_BEGIN_ALLOW_THREADS woken = wake_sleep(g_wake, seconds);
+    Py_END_ALLOW_THREADS return PyBool_FromLong(woken);
+}
+
+static PyObject *mod_wake_now(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    wake_self();
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_wake_disarm(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    if (g_wake)
+        __atomic_store_n(g_wake, 0, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    PyObject_HEAD uint32_t *word;
+} WakerObject;
+
+static int Waker_init(WakerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", NULL};
+    const char *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s", kwlist, &name))
+        return -1;
+    if (self->word) {
+        PyErr_SetString(PyExc_RuntimeError, "Waker initialized twice");
+        return -1;
+    }
+    self->word = wake_map(name, 0);
+    if (!self->word) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+        return -1;
+    }
+    return 0;
+}
+
+static void Waker_dealloc(WakerObject *self)
+{
+    if (self->word)
+        munmap(self->word, WAKE_BYTES);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Waker_poke(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->word && wake_poke(self->word));
+}
+
+static PyObject *Waker_asleep(WakerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->word && __atomic_load_n(self->word, __ATOMIC_SEQ_CST) == 1);
+}
+
+static PyMethodDef Waker_methods[] = {
+    {"poke", (PyCFunction)Waker_poke, METH_NOARGS,
+     "Wake the server if it sleeps (call after sending it a request); True if it slept."},
+    {"asleep", (PyCFunction)Waker_asleep, METH_NOARGS, "Whether the server's word says it sleeps."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject WakerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Waker",
+    .tp_basicsize = sizeof(WakerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Waker(name): a client's mapping of a serving process's wake word.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Waker_init,
+    .tp_dealloc = (destructor)Waker_dealloc,
+    .tp_methods = Waker_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"attach", mod_attach, METH_VARARGS, "attach(core, fortran_comm) -> channel id: serve core on that communicator."},
     {"start", mod_start, METH_NOARGS, "Start the service thread if it is not running; True if started."},
@@ -2705,6 +2972,16 @@ static PyMethodDef module_methods[] = {
     {"compiled_against", mod_compiled_against, METH_NOARGS, "(family, version) of the MPI headers at build time."},
     {"wakeups", mod_wakeups, METH_NOARGS, "How many times the service thread has polled."},
     {"constants", mod_constants, METH_NOARGS, "The protocol numbers compiled in."},
+    {"wake_serve", mod_wake_serve, METH_VARARGS,
+     "wake_serve(name) -> bool: create this process's wake word in POSIX shared memory (False: it has one)."},
+    {"wake_unlink", mod_wake_unlink, METH_VARARGS, "wake_unlink(name): remove the name (mappings stay valid)."},
+    {"set_wakeable", mod_set_wakeable, METH_VARARGS,
+     "set_wakeable(channel, flag): whether every rank of the channel can wake this server."},
+    {"wake_counts", mod_wake_counts, METH_NOARGS, "(sleeps, woken): futex sleeps, and those a client ended."},
+    {"wake_arm", mod_wake_arm, METH_NOARGS, "Say 'asleep' in the word, before a last poll; False if there is none."},
+    {"wake_sleep", mod_wake_sleep, METH_VARARGS, "wake_sleep(seconds) -> woken: sleep on the armed word."},
+    {"wake_disarm", mod_wake_disarm, METH_NOARGS, "Say 'awake' in the word (the last poll found work)."},
+    {"wake_now", mod_wake_now, METH_NOARGS, "Wake this process's sleeping server thread (a channel came or went)."},
     {"time_core", mod_time_core, METH_VARARGS, "time_core(pairs) -> seconds per request of the core alone."},
     {NULL, NULL, 0, NULL}};
 
@@ -2715,15 +2992,17 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WakerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
         return NULL;
     Py_INCREF(&GraphType);
     Py_INCREF(&CoreType);
+    Py_INCREF(&WakerType);
     if (PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
-        PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObject(m, "Waker", (PyObject *)&WakerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

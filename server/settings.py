@@ -88,6 +88,20 @@ VARIABLES = {
             "longest sleep of the idle native loop (the worst extra latency of the first grant after idling)",
         ),
         Variable(
+            "MPILOCK_WAKE",
+            "1",
+            "1 or 0 (also true/false, yes/no, on/off)",
+            "wake the idle server from a client on its node (a futex word in shared memory) instead of waiting out "
+            "its sleep; 0 keeps the timed sleeps",
+        ),
+        Variable(
+            "MPILOCK_WAKE_SLEEP",
+            "0.1",
+            "seconds > 0",
+            "longest sleep of an idle server that every client can wake (one on another node caps it at "
+            "MPILOCK_NATIVE_IDLE_SLEEP)",
+        ),
+        Variable(
             "MPILOCK_CONTENDED_SLEEP",
             "0.0005",
             "seconds >= 0 (0 switches the rule off)",
@@ -154,6 +168,8 @@ class Settings:
     native: bool
     native_hot: float
     native_idle_sleep: float
+    wake: bool
+    wake_sleep: float
 
 
 def load(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -170,6 +186,8 @@ def load(environ: Mapping[str, str] = os.environ) -> Settings:
         native=flag("MPILOCK_NATIVE", environ),
         native_hot=seconds("MPILOCK_NATIVE_HOT", environ=environ),
         native_idle_sleep=seconds("MPILOCK_NATIVE_IDLE_SLEEP", positive=True, environ=environ),
+        wake=flag("MPILOCK_WAKE", environ),
+        wake_sleep=seconds("MPILOCK_WAKE_SLEEP", positive=True, environ=environ),
     )
 
 
