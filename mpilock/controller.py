@@ -23,7 +23,7 @@ from .link import Answer, Link, Watcher
 from .nesting import LOCAL, Taken
 from .report import LongWait
 from .server import keys as keyspace
-from .server import wire
+from .server import wake, wire
 from .server.core import MODES, READ, SLOT, WRITE
 from .server.frames import Payload, joined
 from .server.native import ServedChannel, Service, serve
@@ -169,20 +169,35 @@ class WindowController:
         self._recorder: Recorder | None = None
         self._trace_path = trace_path(trace)
         serial = lifecycle.next_serial()  # on every rank, so deadlock reports name controllers alike
+        word = None
         if private.Get_rank() == index:
             self._recorder = Recorder(private.Get_size(), keep_events=self._trace_path is not None)
             self._channel, self._service = serve(private, self._recorder, f"controller #{serial}")
-        self._attach(private, index, user_comm, writer=index, serial=serial)
+            word = wake.serve_word()
+        connection = wake.connect(private, index, word)
+        if self._channel is not None:
+            self._channel.set_wakeable(connection.everyone)
+        self._attach(private, index, user_comm, writer=index, serial=serial, connection=connection)
 
     @classmethod
-    def _client_of(cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm) -> WindowController:
+    def _client_of(
+        cls, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, connection: wake.Connection
+    ) -> WindowController:
         """Build a controller for the ranks of ``comm``, served by a dedicated rank of ``private``."""
         ctrl = cls.__new__(cls)
         ctrl._channel, ctrl._service, ctrl._recorder, ctrl._trace_path = None, None, None, None
-        ctrl._attach(private, server, comm, writer=0, serial=lifecycle.next_serial())
+        ctrl._attach(private, server, comm, writer=0, serial=lifecycle.next_serial(), connection=connection)
         return ctrl
 
-    def _attach(self, private: MPI.Intracomm, server: int, comm: MPI.Intracomm, writer: int, serial: int) -> None:
+    def _attach(
+        self,
+        private: MPI.Intracomm,
+        server: int,
+        comm: MPI.Intracomm,
+        writer: int,
+        serial: int,
+        connection: wake.Connection,
+    ) -> None:
         """Connect this rank of ``comm`` to the server on rank ``server`` of ``private``."""
         self._private = private
         """The private duplicate that carries lock traffic (freed at close)."""
@@ -192,7 +207,13 @@ class WindowController:
         self._rank = comm.Get_rank()
         self._size = comm.Get_size()
         self._default_writer = writer
-        self._link = Link(private, server, self._channel.help if self._channel is not None else None)
+        self._waker = connection.waker
+        self._link = Link(
+            private,
+            server,
+            self._channel.help if self._channel is not None else None,
+            connection.waker.poke if connection.waker is not None else None,
+        )
         self._held: dict[bytes, int] = {}
         """key -> mode: what the server thinks this rank holds."""
         self._owner: int | None = None
@@ -205,6 +226,10 @@ class WindowController:
         self._closed = False
         self._serial = serial
         lifecycle.register(serial, self)
+
+    def _link_waker(self) -> Any:
+        """Return this rank's mapping of the server's wake word, or ``None`` (for tests; see :mod:`.server.wake`)."""
+        return self._waker
 
     # -- properties of the seed API ----------------------------------------------
     @property

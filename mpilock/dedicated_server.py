@@ -29,6 +29,7 @@ from mpi4py import MPI
 
 from .checks import check_args, trace_path
 from .controller import WindowController
+from .server import wake
 from .server.loop import Channel, serve_until_closed
 from .trace import Recorder
 
@@ -56,13 +57,14 @@ def dedicated(
         recorder = Recorder(private.Get_size(), keep_events=path is not None)
         members = [r for r in range(private.Get_size()) if r != server]
         channel = Channel(private, recorder, members=members, name="the dedicated controller")
+        channel.set_wakeable(wake.connect(private, server, wake.serve_word()).everyone)
         serve_until_closed(channel)
         if path is not None:
             recorder.write_chrome_trace(path)
         private.Free()
         yield None
         return
-    ctrl = WindowController._client_of(private, server, clients)
+    ctrl = WindowController._client_of(private, server, clients, wake.connect(private, server, None))
     yield ctrl  # an exception leaves ctrl open: see WindowController.__exit__
     ctrl.close()
     clients.Free()

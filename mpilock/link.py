@@ -57,15 +57,24 @@ class Watcher:
 class Link:
     """One rank's connection to the lock server over the private communicator."""
 
-    def __init__(self, comm: MPI.Intracomm, master: int, local: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        comm: MPI.Intracomm,
+        master: int,
+        local: Callable[[], bool] | None = None,
+        poke: Callable[[], object] | None = None,
+    ) -> None:
         """Talk to the server on rank ``master`` of the private ``comm``.
 
         On the master itself, ``local`` polls its server once (returning
         whether it handled a request); waits call it between their tests.
+        ``poke`` wakes the server if it sleeps (a rank of its node, see
+        :mod:`.server.wake`); every send calls it.
         """
         self.comm = comm
         self.master = master
         self._local = local
+        self._poke = poke
         self._seq = 0
         self._sends: wire.Pending = []
         self._header = wire.reply_buffer()
@@ -94,6 +103,8 @@ class Link:
             seq = self._seq
         sends = self._sends
         wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload, sends, area, site)
+        if self._poke is not None:
+            self._poke()
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
         return seq

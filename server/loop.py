@@ -28,6 +28,7 @@ from .events import ProtocolError, Send
 from .frames import Arrival, Payload
 from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
+from .wake import IdleSleep, wake_own_server
 
 log = logging.getLogger("mpilock.server")
 
@@ -99,6 +100,12 @@ class Channel:
         """Per rank, the frames being received for its first waiting request."""
         self._lock = lock if lock is not None else threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
+        self.wakeable = False
+        """Whether every client can wake the server thread (see :mod:`.wake`)."""
+
+    def set_wakeable(self, everyone: bool) -> None:
+        """Say whether every client can wake the server thread: its idle sleeps may then be long."""
+        self.wakeable = everyone
 
     def poll(self, block: bool = True) -> bool:
         """Handle at most one arrived request; return whether one was handled.
@@ -254,6 +261,7 @@ def serve(current: Callable[[], list[Channel]], changed: threading.Event | None 
     :class:`Backoff`); a rank that only serves has nobody to yield to.
     """
     backoff = Backoff(contended=contended)
+    idle = IdleSleep()
     channels = current()
     while channels:
         busy = stale = False
@@ -269,7 +277,8 @@ def serve(current: Callable[[], list[Channel]], changed: threading.Event | None 
             channels = current()
         if busy:
             backoff.reset()
-        elif not stale:
+            idle.worked()
+        elif not stale and not idle.sleep(all(c.wakeable for c in channels), changed):
             backoff.pause(changed)
 
 
@@ -323,6 +332,7 @@ class ServiceLoop:
                 self._thread = threading.Thread(target=self._run, name="mpilock-server", daemon=True)
                 self._thread.start()
         self._wake.set()
+        wake_own_server()
 
     def channel_finished(self) -> None:
         """If no open channel is left (one has just finished), restore the switch interval and join the thread.
@@ -337,6 +347,7 @@ class ServiceLoop:
             self._restore_interval()
             thread = self._thread
         self._wake.set()
+        wake_own_server()
         join_thread(thread)
 
     def pause(self) -> None:
@@ -345,6 +356,7 @@ class ServiceLoop:
             self._paused = True
             thread = self._thread
         self._wake.set()
+        wake_own_server()
         join_thread(thread)
 
     def drive(self) -> bool:

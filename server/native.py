@@ -77,6 +77,9 @@ class ServedChannel(Protocol):
     def help(self) -> bool:
         """Poll once from the master's waiting application thread; return whether a request was served."""
 
+    def set_wakeable(self, everyone: bool) -> None:
+        """Say whether every client can wake the server (see :mod:`.wake`): its idle sleeps may then be long."""
+
 
 class Service(Protocol):
     """The loop that serves a process's channels."""

@@ -39,6 +39,7 @@ from .loop import JOIN_TIMEOUT, Observer, join_thread
 from .native_core import NativeGraph, NativeLockCore, module
 from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
+from .wake import sleep_cap as wake_cap
 
 log = logging.getLogger("mpilock.server")
 _c = module()
@@ -101,6 +102,10 @@ class NativeChannel:
         client like any other exception; the main thread may poll too.
         """
         return bool(_c.help(self.id))
+
+    def set_wakeable(self, everyone: bool) -> None:
+        """Say whether every client can wake the C thread: its idle sleeps are then capped by ``MPILOCK_WAKE_SLEEP``."""
+        _c.set_wakeable(self.id, everyone)
 
     # -- what the Python thread does ----------------------------------------------------------------
     def serve_message(self, rank: int, message: bytes) -> None:
@@ -219,6 +224,7 @@ class NativeService:
                 idle_longest=IDLE_SLEEP,
                 soft_events=SOFT_EVENTS,
                 hard_events=HARD_EVENTS,
+                wake_longest=wake_cap(),
             )
             self._configured = True
         channel = NativeChannel(comm, observer, self.graph, name)
@@ -242,6 +248,7 @@ class NativeService:
             if self._channels:
                 return
             thread = self._thread
+        _c.wake_now()  # the C thread may sleep on its wake word: it must see that no channel is left
         join_thread(thread)
         _c.join(JOIN_TIMEOUT)
 
