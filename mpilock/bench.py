@@ -65,6 +65,7 @@ PHASES = (
     "floor",
     "server",
     "mutex",
+    "sporadic",
     "uncontended",
     "idle",
     "busy",
@@ -401,6 +402,72 @@ def phase_waiting(ctrl: WindowController, seconds: float) -> list[float]:
     shares = WORLD.gather(share_, root=MASTER) or []  # None off the master
     quiet_barrier()
     return [s for s in shares if s is not None]
+
+
+def phase_sporadic(ctrl: WindowController, locker: int, period: float, count: int, master: str) -> list[float]:
+    """Seconds ``locker``'s ``write()`` waits, taken once every ``period`` s, ``count`` times.
+
+    Meanwhile the master's application thread naps (``master="idle"``) or
+    computes in pure Python (``"computing"``, never releasing the GIL but at
+    forced switches); the other ranks nap.  This is how real programs lock: now
+    and then, between computations, with the server idle in between.
+    """
+    rank = WORLD.Get_rank()
+    quiet_barrier()
+    waits: list[float] = []
+    if rank == locker:
+        for _ in range(count):
+            time.sleep(period)
+            start = time.perf_counter()
+            with ctrl.write():
+                waits.append(time.perf_counter() - start)
+        WORLD.send(None, dest=MASTER if locker != MASTER else CLIENT, tag=TAG_BUSY)
+    elif rank == MASTER or (locker == MASTER and rank == CLIENT):
+        done = WORLD.irecv(source=locker, tag=TAG_BUSY)
+        while not done.Test():
+            if master == "computing" and rank == MASTER:
+                spin_compute(0.05)
+            else:
+                time.sleep(0.005)
+    quiet_barrier()
+    return list(share(waits if rank == locker else None, locker))
+
+
+def sporadic_rows(ctrl: WindowController, floor: float, scale: float) -> list[Row]:
+    """Return the rows of the ``sporadic`` phase: grants of locks taken now and then, a waiting rank's CPU."""
+    rows: list[Row] = []
+    count = max(10, int(40 * scale))
+    cases = [
+        ("write() every 200 ms, rank 1, master idle", CLIENT, 0.2, "idle", (100e-6, 250e-6)),
+        ("write() every 200 ms, rank 1, master computing", CLIENT, 0.2, "computing", (100e-6, 250e-6)),
+        ("write() every 20 ms, rank 1, master idle", CLIENT, 0.02, "idle", (30e-6, None)),
+        ("write() every 200 ms, master's own", MASTER, 0.2, "idle", (50e-6, None)),
+    ]
+    for name, locker, period, master, (p50_target, p90_target) in cases:
+        waits = phase_sporadic(ctrl, locker, period, count, master)
+        p50, p90 = percentile(waits, 50), percentile(waits, 90)
+        rows.append(
+            Row(
+                f"sporadic {name}: p50",
+                p50,
+                "us",
+                p50 / floor,
+                f"≤ {p50_target / US:g} µs",
+                p50 <= p50_target,
+                f"{len(waits)} locks; p90 {p90 / US:,.0f} µs, max {max(waits) / US:,.0f} µs",
+            )
+        )
+        if p90_target is not None:
+            rows.append(
+                Row(f"sporadic {name}: p90", p90, "us", p90 / floor, f"≤ {p90_target / US:g} µs", p90 <= p90_target)
+            )
+    waits = phase_waiting(ctrl, 1.0)
+    if WORLD.Get_rank() == MASTER:
+        worst = max(waits)
+        note = f"median of {len(waits)} waiters, max {worst * 100:.2f} %"
+        share_ = statistics.median(waits)
+        rows.append(Row("CPU of a rank waiting 1 s for a held lock", share_, "%", None, "≤ 2 %", worst <= 0.02, note))
+    return rows
 
 
 @dataclass
@@ -1046,6 +1113,9 @@ def run(phases: Iterator[str] | tuple[str, ...], scale: float, payload_max: int 
 
     ctrl = sync(WORLD, MASTER)
     try:
+        if "sporadic" in wanted:
+            for row in sporadic_rows(ctrl, floor, scale):
+                add(row)
         if "uncontended" in wanted:
             unc = phase_uncontended(ctrl, 7, n(2000))
             for kind in ("read", "write"):
