@@ -9,8 +9,8 @@ from typing import Any
 
 from mpi4py import MPI
 
+from . import tracefile
 from .errors import MpilockError
-from .server.settings import SETTINGS
 
 _KINDS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
 
@@ -53,11 +53,6 @@ def timeout_seconds(timeout: object) -> float | None:
     return max(0.0, value)
 
 
-def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
-    """Return the trace file asked for by ``trace=`` or else ``MPILOCK_TRACE`` (None: no tracing)."""
-    return trace if trace is not None else SETTINGS.trace
-
-
 def writable_problem(path: str | os.PathLike[str]) -> str | None:
     """Why the trace file ``path`` could not be written at close, or ``None`` if it can."""
     existed = os.path.exists(path)
@@ -71,12 +66,17 @@ def writable_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def check_args(comm: Any, master: Any, trace: str | os.PathLike[str] | None = None) -> tuple[MPI.Intracomm, int]:
+def check_args(
+    comm: Any, master: Any, trace: str | os.PathLike[str] | None = None
+) -> tuple[MPI.Intracomm, int, str | None]:
     """Validate ``comm``, ``master`` and the trace file identically on every rank (collective).
 
-    Returns the communicator (``COMM_WORLD`` for ``None``) and the master's
-    rank.  Every rank raises the same kind of error if any rank found a
-    problem, so nobody is left waiting in a collective call.
+    Returns the communicator (``COMM_WORLD`` for ``None``), the master's
+    rank and the file the master writes the trace to (``None``: no tracing;
+    see :mod:`mpilock.tracefile`).  Every rank raises the same kind of error
+    if any rank found a problem, so nobody is left waiting in a collective
+    call.  A non-integer ``master`` is a ``TypeError``, a rank outside
+    ``comm`` or ranks that disagree a ``ValueError``.
     """
     if comm is None:
         comm = MPI.COMM_WORLD
@@ -95,17 +95,17 @@ def check_args(comm: Any, master: Any, trace: str | os.PathLike[str] | None = No
             "do not set mpi4py.rc.thread_level (its default is 'multiple') or set it to 'multiple' "
             "before importing mpi4py.MPI, and use an MPI library built with thread support",
         )
-    path = trace_path(trace)
+    path = tracefile.requested(trace)
     if problem is None and path is not None and comm.Get_rank() == index:
         text = writable_problem(path)
         if text is not None:
             problem = ("ValueError", text)
-    views = comm.allgather((index, problem))
-    for rank, (_, found) in enumerate(views):
+    views = comm.allgather((index, problem, path))
+    for rank, (_, found, _) in enumerate(views):
         if found is not None:
             kind, text = found
             error = _KINDS.get(kind, MpilockError)
             raise error(text if rank == comm.Get_rank() else f"on rank {rank}: {text}")
-    if len({m for m, _ in views}) > 1:
-        raise ValueError(f"ranks disagree on master: {[m for m, _ in views]}")
-    return comm, index
+    if len({m for m, _, _ in views}) > 1:
+        raise ValueError(f"ranks disagree on master: {[m for m, _, _ in views]}")
+    return comm, index, tracefile.assign(views[index][2])

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 from mpi4py import MPI
 
 from . import lifecycle
-from .checks import check_args, rank_index, timeout_seconds, trace_path
+from .checks import check_args, rank_index, timeout_seconds
 from .errors import ClosedError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
 from .link import Answer, Link, Watcher
@@ -162,12 +162,11 @@ class WindowController:
         thread kept MPI progressing for one-sided operations on the master,
         and a lock server makes its own progress.  They are not checked.
         """
-        user_comm, index = check_args(comm, master, trace)
+        user_comm, index, self._trace_path = check_args(comm, master, trace)
         private = user_comm.Dup()
         self._channel: ServedChannel | None = None
         self._service: Service | None = None
         self._recorder: Recorder | None = None
-        self._trace_path = trace_path(trace)
         serial = lifecycle.next_serial()  # on every rank, so deadlock reports name controllers alike
         if private.Get_rank() == index:
             self._recorder = Recorder(private.Get_size(), keep_events=self._trace_path is not None)
