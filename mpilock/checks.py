@@ -38,19 +38,36 @@ def timeout_seconds(timeout: object) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, (bool, str, bytes)):
+    if isinstance(timeout, (bool, str, bytes)) or _is_numpy_bool(timeout):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
     try:
         value = float(timeout)  # type: ignore[arg-type]
     except OverflowError:
         return None  # 10**400 seconds: longer than any job
     except (TypeError, ValueError):
+        if _is_nan(timeout):  # Decimal("sNaN") refuses float() instead of becoming a NaN
+            raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}") from None
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}") from None
     if math.isnan(value):
         raise ValueError("timeout must be a number of seconds or None, not NaN")
     if value == math.inf:
         return None
     return max(0.0, value)
+
+
+def _is_numpy_bool(value: object) -> bool:
+    """Whether ``value`` is NumPy's bool scalar (``numpy.bool_``), refused like ``bool`` without importing NumPy."""
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+
+
+def _is_nan(value: object) -> bool:
+    """Whether ``value`` is a NaN that ``float()`` refuses (a signalling ``Decimal`` NaN)."""
+    is_nan = getattr(value, "is_nan", None)
+    try:
+        return callable(is_nan) and bool(is_nan())
+    except Exception:
+        return False
 
 
 def writable_problem(path: str | os.PathLike[str]) -> str | None:

@@ -116,6 +116,8 @@ class Lock:
         first line of ``_release``, say) would leave the lock held: the
         release is finished first (it is idempotent), then the exception goes on.
         """
+        if not self._taken:
+            raise MpilockError(f"{self!r} was not entered: __exit__ has no acquire to undo")
         taken = self._taken[-1]  # a subscript, not a call: no signal handler runs here
         try:
             self._ctrl._release(taken)
