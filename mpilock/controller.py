@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 from . import lifecycle
 from .checks import check_args, rank_index, timeout_seconds
-from .errors import ClosedError, LockTimeout, MpilockError
+from .errors import ClosedError, LimitError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
 from .link import Answer, Link, Watcher
 from .nesting import LOCAL, Taken
@@ -196,6 +196,8 @@ class WindowController:
         self._link = Link(private, server, self._channel.help if self._channel is not None else None)
         self._held: dict[bytes, int] = {}
         """key -> mode: what the server thinks this rank holds."""
+        self._limits: dict[bytes, int] = {}
+        """bounded key -> the limit this rank holds it with (stale for keys no longer held)."""
         self._owner: int | None = None
         """The thread that uses this controller (the first one that locked with it)."""
         self._sites: dict[tuple[str, int], int] = {}
@@ -331,8 +333,16 @@ class WindowController:
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:
+                if mode == SLOT:  # before the request: held implies its limit is noted
+                    self._limits[keys[0]] = limit
                 self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode)
                 return keys, ()
+            if mode == SLOT and self._limits.get(keys[0]) != limit:
+                raise LimitError(
+                    f"{keyspace.describe(keys[0])} admits {self._limits.get(keys[0])} holder(s) as rank "
+                    f"{self._rank} holds it; rank {self._rank} asked for a limit of {limit} "
+                    "(every rank must use the same limit for a key)"
+                )
             if have in (mode, WRITE):
                 return LOCAL
         need = tuple(k for k in keys if k not in held)
@@ -383,6 +393,7 @@ class WindowController:
                 if key in held:
                     self._send(Op.RELEASE, need)
                     del held[key]
+                    self._limits.pop(key, None)
             else:
                 mine = tuple(k for k in need if k in held)
                 if mine:
