@@ -154,9 +154,10 @@ class WindowController:
     ) -> None:
         """Create the locks on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
 
-        ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
-        Chrome trace-event JSON file the master writes at close; it is
-        checked now.  Every rank raises the same error if any rank finds a
+        ``trace`` (or the environment variable ``MPILOCK_TRACE``, read now)
+        names a Chrome trace-event JSON file the master writes at close; it
+        is checked now, and a later controller naming the same file writes
+        ``NAME-2.EXT`` instead (:mod:`mpilock.tracefile`).  Every rank raises the same error if any rank finds a
         problem with the arguments.
 
         ``pump`` and ``pump_interval`` are mpilock 2.x's, accepted so that
@@ -266,8 +267,10 @@ class WindowController:
         At most ``limit`` ranks hold the key at once; waiters get in in
         arrival order.  Every rank must use the same ``limit`` for a key
         (:class:`LimitError` otherwise).  Bounded keys are apart from
-        read/write keys of the same name.  Nested on the same key it is
-        local.  ``timeout`` as for :meth:`read`.
+        read/write keys of the same name.  Nested on the same key with the
+        same limit it is local; with another limit it is a
+        :class:`LimitError`, before anything is sent.  ``timeout`` as for
+        :meth:`read`.
         """
         self._check_use()
         if isinstance(limit, bool):
