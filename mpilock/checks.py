@@ -9,8 +9,8 @@ from typing import Any
 
 from mpi4py import MPI
 
+from . import tracefile
 from .errors import MpilockError
-from .server.settings import SETTINGS
 
 _KINDS: dict[str, type[Exception]] = {"TypeError": TypeError, "ValueError": ValueError}
 
@@ -38,13 +38,15 @@ def timeout_seconds(timeout: object) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, (bool, str, bytes)):
+    if isinstance(timeout, (bool, str, bytes)) or _is_numpy_bool(timeout):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
     try:
         value = float(timeout)  # type: ignore[arg-type]
     except OverflowError:
         return None  # 10**400 seconds: longer than any job
     except (TypeError, ValueError):
+        if _is_nan(timeout):  # Decimal("sNaN") refuses float() instead of becoming a NaN
+            raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}") from None
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}") from None
     if math.isnan(value):
         raise ValueError("timeout must be a number of seconds or None, not NaN")
@@ -53,9 +55,19 @@ def timeout_seconds(timeout: object) -> float | None:
     return max(0.0, value)
 
 
-def trace_path(trace: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
-    """Return the trace file asked for by ``trace=`` or else ``MPILOCK_TRACE`` (None: no tracing)."""
-    return trace if trace is not None else SETTINGS.trace
+def _is_numpy_bool(value: object) -> bool:
+    """Whether ``value`` is NumPy's bool scalar (``numpy.bool_``), refused like ``bool`` without importing NumPy."""
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+
+
+def _is_nan(value: object) -> bool:
+    """Whether ``value`` is a NaN that ``float()`` refuses (a signalling ``Decimal`` NaN)."""
+    is_nan = getattr(value, "is_nan", None)
+    try:
+        return callable(is_nan) and bool(is_nan())
+    except Exception:
+        return False
 
 
 def writable_problem(path: str | os.PathLike[str]) -> str | None:
@@ -71,12 +83,17 @@ def writable_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def check_args(comm: Any, master: Any, trace: str | os.PathLike[str] | None = None) -> tuple[MPI.Intracomm, int]:
+def check_args(
+    comm: Any, master: Any, trace: str | os.PathLike[str] | None = None
+) -> tuple[MPI.Intracomm, int, str | None]:
     """Validate ``comm``, ``master`` and the trace file identically on every rank (collective).
 
-    Returns the communicator (``COMM_WORLD`` for ``None``) and the master's
-    rank.  Every rank raises the same kind of error if any rank found a
-    problem, so nobody is left waiting in a collective call.
+    Returns the communicator (``COMM_WORLD`` for ``None``), the master's
+    rank and the file the master writes the trace to (``None``: no tracing;
+    see :mod:`mpilock.tracefile`).  Every rank raises the same kind of error
+    if any rank found a problem, so nobody is left waiting in a collective
+    call.  A non-integer ``master`` is a ``TypeError``, a rank outside
+    ``comm`` or ranks that disagree a ``ValueError``.
     """
     if comm is None:
         comm = MPI.COMM_WORLD
@@ -95,17 +112,17 @@ def check_args(comm: Any, master: Any, trace: str | os.PathLike[str] | None = No
             "do not set mpi4py.rc.thread_level (its default is 'multiple') or set it to 'multiple' "
             "before importing mpi4py.MPI, and use an MPI library built with thread support",
         )
-    path = trace_path(trace)
+    path = tracefile.requested(trace)
     if problem is None and path is not None and comm.Get_rank() == index:
         text = writable_problem(path)
         if text is not None:
             problem = ("ValueError", text)
-    views = comm.allgather((index, problem))
-    for rank, (_, found) in enumerate(views):
+    views = comm.allgather((index, problem, path))
+    for rank, (_, found, _) in enumerate(views):
         if found is not None:
             kind, text = found
             error = _KINDS.get(kind, MpilockError)
             raise error(text if rank == comm.Get_rank() else f"on rank {rank}: {text}")
-    if len({m for m, _ in views}) > 1:
-        raise ValueError(f"ranks disagree on master: {[m for m, _ in views]}")
-    return comm, index
+    if len({m for m, _, _ in views}) > 1:
+        raise ValueError(f"ranks disagree on master: {[m for m, _, _ in views]}")
+    return comm, index, tracefile.assign(views[index][2])

@@ -16,8 +16,8 @@ from typing import Any, TypeVar, overload
 from mpi4py import MPI
 
 from . import lifecycle
-from .checks import check_args, rank_index, timeout_seconds, trace_path
-from .errors import ClosedError, LockTimeout, MpilockError
+from .checks import check_args, rank_index, timeout_seconds
+from .errors import ClosedError, LimitError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
 from .link import Answer, Link, Watcher
 from .nesting import LOCAL, Taken
@@ -116,6 +116,8 @@ class Lock:
         first line of ``_release``, say) would leave the lock held: the
         release is finished first (it is idempotent), then the exception goes on.
         """
+        if not self._taken:
+            raise MpilockError(f"{self!r} was not entered: __exit__ has no acquire to undo")
         taken = self._taken[-1]  # a subscript, not a call: no signal handler runs here
         try:
             self._ctrl._release(taken)
@@ -152,9 +154,10 @@ class WindowController:
     ) -> None:
         """Create the locks on ``comm`` (default ``COMM_WORLD``) served by rank ``master``.
 
-        ``trace`` (or the environment variable ``MPILOCK_TRACE``) names a
-        Chrome trace-event JSON file the master writes at close; it is
-        checked now.  Every rank raises the same error if any rank finds a
+        ``trace`` (or the environment variable ``MPILOCK_TRACE``, read now)
+        names a Chrome trace-event JSON file the master writes at close; it
+        is checked now, and a later controller naming the same file writes
+        ``NAME-2.EXT`` instead (:mod:`mpilock.tracefile`).  Every rank raises the same error if any rank finds a
         problem with the arguments.
 
         ``pump`` and ``pump_interval`` are mpilock 2.x's, accepted so that
@@ -162,12 +165,11 @@ class WindowController:
         thread kept MPI progressing for one-sided operations on the master,
         and a lock server makes its own progress.  They are not checked.
         """
-        user_comm, index = check_args(comm, master, trace)
+        user_comm, index, self._trace_path = check_args(comm, master, trace)
         private = user_comm.Dup()
         self._channel: ServedChannel | None = None
         self._service: Service | None = None
         self._recorder: Recorder | None = None
-        self._trace_path = trace_path(trace)
         serial = lifecycle.next_serial()  # on every rank, so deadlock reports name controllers alike
         word = None
         if private.Get_rank() == index:
@@ -216,6 +218,8 @@ class WindowController:
         )
         self._held: dict[bytes, int] = {}
         """key -> mode: what the server thinks this rank holds."""
+        self._limits: dict[bytes, int] = {}
+        """bounded key -> the limit this rank holds it with (stale for keys no longer held)."""
         self._owner: int | None = None
         """The thread that uses this controller (the first one that locked with it)."""
         self._sites: dict[tuple[str, int], int] = {}
@@ -288,8 +292,10 @@ class WindowController:
         At most ``limit`` ranks hold the key at once; waiters get in in
         arrival order.  Every rank must use the same ``limit`` for a key
         (:class:`LimitError` otherwise).  Bounded keys are apart from
-        read/write keys of the same name.  Nested on the same key it is
-        local.  ``timeout`` as for :meth:`read`.
+        read/write keys of the same name.  Nested on the same key with the
+        same limit it is local; with another limit it is a
+        :class:`LimitError`, before anything is sent.  ``timeout`` as for
+        :meth:`read`.
         """
         self._check_use()
         if isinstance(limit, bool):
@@ -355,8 +361,16 @@ class WindowController:
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:
+                if mode == SLOT:  # before the request: held implies its limit is noted
+                    self._limits[keys[0]] = limit
                 self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode)
                 return keys, ()
+            if mode == SLOT and self._limits.get(keys[0]) != limit:
+                raise LimitError(
+                    f"{keyspace.describe(keys[0])} admits {self._limits.get(keys[0])} holder(s) as rank "
+                    f"{self._rank} holds it; rank {self._rank} asked for a limit of {limit} "
+                    "(every rank must use the same limit for a key)"
+                )
             if have in (mode, WRITE):
                 return LOCAL
         need = tuple(k for k in keys if k not in held)
@@ -407,6 +421,7 @@ class WindowController:
                 if key in held:
                     self._send(Op.RELEASE, need)
                     del held[key]
+                    self._limits.pop(key, None)
             else:
                 mine = tuple(k for k in need if k in held)
                 if mine:

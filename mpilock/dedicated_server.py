@@ -27,7 +27,7 @@ from typing import cast
 
 from mpi4py import MPI
 
-from .checks import check_args, trace_path
+from .checks import check_args
 from .controller import WindowController
 from .server import wake
 from .server.loop import Channel, serve_until_closed
@@ -45,7 +45,7 @@ def dedicated(
     ``single_write()`` defaults to the first of them.  ``trace`` as for
     :func:`mpilock.sync` (the server rank writes it).
     """
-    user, server = check_args(comm, server, trace)
+    user, server, path = check_args(comm, server, trace)
     if user.Get_size() < 2:
         raise ValueError("dedicated() needs at least 2 ranks: one serves, the others lock")
     private = user.Dup()
@@ -53,7 +53,6 @@ def dedicated(
     # Splitting an intracommunicator gives an intracommunicator (mpi4py's stubs say Comm).
     clients = cast(MPI.Intracomm, user.Split(MPI.UNDEFINED if is_server else 0, user.Get_rank()))
     if is_server:
-        path = trace_path(trace)
         recorder = Recorder(private.Get_size(), keep_events=path is not None)
         members = [r for r in range(private.Get_size()) if r != server]
         channel = Channel(private, recorder, members=members, name="the dedicated controller")

@@ -120,19 +120,24 @@ class Fence(Generic[Target]):
         """After the block, on any rank: the shared object (``None`` if nothing was shared).
 
         Not collective: any subset of ranks may call it, any number of times,
-        until the controller's next ``single_write`` starts.
+        until the controller's next ``single_write`` starts; after that it
+        raises :class:`FenceError` on every rank, the writer and ranks that
+        collected before included.
         """
         if not self._ended:
             raise FenceError("collect() must be called after the single_write block")
         if self._status == FenceStatus.FAILED:
             raise FenceError(f"nothing to collect: the single_write block failed on rank {self.writer}", self.writer)
+        if self._ctrl._fences_started > self.number + 1:
+            raise FenceError(
+                f"collect() of fence {self.number} must be called before the next single_write of the same "
+                f"controller, and fence {self.number + 1} has started"
+            )
         if self._shared is not _UNSET:
             return self._shared
         if self._status == FenceStatus.OK_EMPTY:
             return None
         if self._received is None:
-            if self._ctrl._fences_started > self.number + 1:
-                raise FenceError("collect() must be called before the next single_write of the same controller")
             answer = self._ctrl._link_call(Op.COLLECT, self.number)
             self._received = answer.payload or b""
         try:
@@ -158,7 +163,8 @@ class Fence(Generic[Target]):
         elif self._ctrl._holds_default():
             self._ctrl._link.send(Op.FENCE_WAIT, self.number, 1)  # arrive, so the writer is not kept waiting
             raise FenceError(
-                f"rank {self._ctrl.rank} entered single_write while holding a lock; "
+                f"rank {self._ctrl.rank} entered single_write while holding the controller's default lock "
+                f"(read() or write() without a key), and is not the fence's writer (rank {self.writer}); "
                 "the writer could never get the write lock"
             )
         self._inside = True

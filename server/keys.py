@@ -45,7 +45,7 @@ def _encode_other(key: object) -> bytes:
         raise TypeError("a lock key cannot be a bool (True == 1 would silently share the lock of key 1)")
     if isinstance(key, str):
         return _STR + str(key).encode("utf-8", "surrogatepass")
-    if isinstance(key, (bytes, bytearray, memoryview)):
+    if isinstance(key, bytes):  # a subclass; bytearray and memoryview are mutable, so no keys (as in a dict)
         return _BYTES + bytes(key)
     if isinstance(key, tuple):
         return _TUPLE + b"".join(_prefixed(encode(part)) for part in key)

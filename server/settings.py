@@ -52,7 +52,7 @@ VARIABLES = {
             "MPILOCK_SWITCH_INTERVAL",
             "0.0005",
             "seconds >= 0 (0 leaves the interval alone)",
-            "GIL switch interval of the master while its server thread runs",
+            "GIL switch interval of the master while its pure-Python server loop runs (the native loop leaves it)",
         ),
         Variable(
             "MPILOCK_SPIN", "0.0002", "seconds >= 0", "how long the server only yields after activity before it sleeps"

@@ -21,7 +21,16 @@ def test_keys_round_trip(key):
 
 
 @pytest.mark.parametrize(
-    ("key", "message"), [(True, "bool"), (1.5, "timeout="), ([1], "list"), ({"a"}, "set"), (None, "NoneType")]
+    ("key", "message"),
+    [
+        (True, "bool"),
+        (1.5, "timeout="),
+        ([1], "list"),
+        ({"a"}, "set"),
+        (None, "NoneType"),
+        (bytearray(b"a"), "bytearray"),  # mutable, as a dict refuses it: "str, bytes, integers and tuples"
+        (memoryview(b"a"), "memoryview"),
+    ],
 )
 def test_other_types_are_refused(key, message):
     with pytest.raises(TypeError, match=message):

@@ -1,0 +1,363 @@
+"""Where every figure the README quotes from ``python -m mpilock.bench`` comes from: the one list.
+
+Each entry is ``(README text, bench row, phase, loop, ranks)``:
+
+- README text: the exact text of README.md that holds the figure (a table row
+  up to its figures, or the sentence part of prose);
+- bench row: text of the row's name as it stands in ``mpilock/bench.py``
+  (the constant part of an f-string name), or ``None`` for a figure derived
+  from rows rather than printed by one, with the derivation in ``note``;
+- phase: the ``--only`` phase that prints it;
+- loop: ``native``, ``python`` (``MPILOCK_NATIVE=0``, or ``--loop python``),
+  ``both`` (a figure per loop) or ``none`` (no lock server involved);
+- ranks: the ``mpiexec -n`` of the run.
+
+tests/test_readme_figures.py checks that every README text listed is still in
+the README, that every bench row and phase named still exists in
+``mpilock/bench.py``, and that the passages in :data:`CHECKED` quote no
+figure missing from this list.  When a bench run changes a figure, change it
+here and in the README together.
+"""
+
+# ruff: noqa: RUF001  (the README's own dashes, minus and multiplication signs, quoted exactly)
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Figure(NamedTuple):
+    """One README figure and the bench row behind it."""
+
+    text: str
+    row: str | None
+    phase: str
+    loop: str
+    ranks: str
+    note: str = ""
+
+
+TABLE = "one make bench, 2026-11-28, 4 ranks on 2 cores (README: Performance)"
+
+FIGURES: tuple[Figure, ...] = (
+    # The Performance table: one `make bench`, both loops side by side.
+    Figure(
+        "| server work per request, in-process | 1.5 µs | 0.15 | 10.3 µs |",
+        "server work per request (in-process, no waits)",
+        "server",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| uncontended `write()` acquire+release, rank 1 | 24.9 µs | 2.5 | 41.3 µs |",
+        "uncontended {kind}() acquire+release, rank 1",
+        "uncontended",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| uncontended `read()`, rank 1, master app thread napping | 36.9 µs | 3.7 | 47.0 µs |",
+        "uncontended {kind}() acquire+release, rank 1",
+        "uncontended",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| uncontended `write()` from the master's own thread | 35.4 µs | 3.5 | 145.0 µs |",
+        "uncontended write() acquire+release, master",
+        "uncontended",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| busy master (computing in pure Python): grant p50 | 0.16 ms | 16 | 1.49 ms |",
+        "busy master: grant latency p50, rank 1",
+        "busy",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| busy master: grant p99 | 1.50 ms | 148 | 5.98 ms |",
+        "busy master: grant latency p99, rank 1",
+        "busy",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| busy master: compute slowdown while rank 1 locks | −0.03 % | | 6.46 % |",
+        "busy master: loop slowdown while rank 1 locks",
+        "busy",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| busy master: GIL time lost to serving | 0.00 % | | 2.83 % |",
+        "busy master: GIL time lost to serving",
+        "busy",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| master CPU, controller open, nobody locks | 0.85 % of a core | | 3.52 % |",
+        "master CPU, controller open, nobody locks",
+        "idle",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| first `write()` grant after 0.5 s idle | 2.43 ms (max 5.0) | | 0.82 ms |",
+        "first write() grant after 0.5 s idle, rank 1",
+        "idle",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| CPU of a rank waiting 2 s for a lock | 2.55 % | | 2.41 % |",
+        "CPU of a rank waiting 2 s for a held lock",
+        "waiting",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| dedicated server, clients computing: grant p50 | 32.3 µs | 3.2 |",
+        "dedicated server: write grant latency p50, rank 1",
+        "dedicated",
+        "none",
+        "4",
+        TABLE + "; the server rank runs the pure-Python loop in its main thread",
+    ),
+    Figure(
+        "| contended `write()` throughput, 2 / 4 / 8 ranks | noisy¹ / 10,771 / 5,412 per s | | "
+        "noisy¹ / 4,649 / 1,172 |",
+        "contended write() throughput, {size} ranks",
+        "contended",
+        "both",
+        "2, 4, 8",
+        TABLE + "; 8 ranks: mpiexec -n 8 ... --only contended; 2 ranks: footnote 1",
+    ),
+    Figure(
+        "| contended `read()` latency p50, 2 / 4 / 8 ranks | 10¹ / 38 / 306 µs | | noisy¹ / 366 / 1,010 µs |",
+        "contended read() latency p50, {size} ranks",
+        "contended",
+        "both",
+        "2, 4, 8",
+        TABLE + "; 2 ranks: median of 6 runs, footnote 1",
+    ),
+    Figure(
+        "| `write(key)`, a key seen before / a fresh key, vs `write()` | 1.14× / 1.14× | | 1.14× / 1.14× |",
+        "a key seen before",
+        "keyed",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| acquire-site capture, uncontended `write(key)` | 4.8 % | | 3.6 % |",
+        "acquire-site capture, uncontended write(key)",
+        "sites",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| own-key `write(key)` throughput, 2 / 4 / 8 ranks | noisy¹ / 16,590 / 14,177 per s | | "
+        "noisy¹ / 7,889 / 5,448 |",
+        "own-key write(key) throughput, {size} ranks",
+        "own-keys",
+        "both",
+        "2, 4, 8",
+        TABLE + "; 2 ranks: footnote 1",
+    ),
+    Figure(
+        "| `bounded(key, 2)`, 4 ranks: throughput, wait p50 / p99 | 10,132 per s, 227 µs / 3.2 ms | | "
+        "4,755 per s, 771 µs / 1.5 ms |",
+        "bounded(key, 2) throughput, {size} ranks",
+        "bounded",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| 1,000,000 distinct keys, each locked once (ranks 1–3) | 49.3 s, 0 keys left | | 73.6 s, 0 keys left |",
+        "distinct keys, each locked once",
+        "million",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "| `mpi4py.util.sync.Mutex` acquire+release, others in MPI / napping | 244 µs / 4,507 µs | 24 / 446 |",
+        "mpi4py Mutex acquire+release, others in MPI wait",
+        "mutex",
+        "none",
+        "4",
+        TABLE,
+    ),
+    # Footnote 1 of the table: 6 runs at 2 ranks, 2026-12-06, quoted as spreads (too noisy for figures).
+    Figure(
+        "1,899–25,324 per s (median 14,344), pure-Python 1,903–9,547 (median 5,874)",
+        "contended write() throughput, {size} ranks",
+        "contended",
+        "both",
+        "2",
+        "mpiexec -n 2 ... --only contended own-keys --scale 0.5, 6 runs",
+    ),
+    Figure(
+        "13,383–35,822 per s\n(median 25,631), pure-Python 3,804–17,015 (median 10,001)",
+        "own-key write(key) throughput, {size} ranks",
+        "own-keys",
+        "both",
+        "2",
+        "the same 6 runs",
+    ),
+    Figure(
+        "(7.5–12.7 µs, median 10 µs, the figure above)",
+        "contended read() latency p50, {size} ranks",
+        "contended",
+        "native",
+        "2",
+        "the same 6 runs",
+    ),
+    Figure("(31–324 µs)", "contended read() latency p50, {size} ranks", "contended", "python", "2", "the same 6 runs"),
+    Figure(
+        "was 0.88–1.87 ms with the native loop and 1.23–2.83 ms with the pure-Python\none",
+        "busy master: grant latency p50, rank 1",
+        "busy",
+        "both",
+        "2",
+        "3 of the 6 runs (--only uncontended busy mutex contended own-keys --scale 0.5)",
+    ),
+    Figure(
+        "its slowdown −10 % to +20 % and 16–28 %",
+        "busy master: loop slowdown while rank 1 locks",
+        "busy",
+        "both",
+        "2",
+        "the same 3 runs",
+    ),
+    Figure(
+        "(load average 3–6, floors 3.3–73 µs)",
+        "floor: pickled send/recv round trip 1<->0",
+        "floor",
+        "none",
+        "2",
+        "the same 6 runs; the floor row of every run",
+    ),
+    # "mpilock and RMA-window locks"
+    Figure(
+        "took 244 µs per acquire+release here when\nthe other ranks sat in MPI, and 4,507 µs",
+        "mpi4py Mutex acquire+release, others",
+        "mutex",
+        "none",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "at 2 ranks on a\nloaded VM, 0.3–1.0 ms and 5.2–5.9 ms",
+        "mpi4py Mutex acquire+release, others",
+        "mutex",
+        "none",
+        "2",
+        "3 runs of mpiexec -n 2 ... --only uncontended busy mutex contended own-keys --scale 0.5, 2026-12-06",
+    ),
+    Figure(
+        "costs 24.9 µs with the native\nloop (41.3 µs with the pure-Python loop",
+        "uncontended {kind}() acquire+release, rank 1",
+        "uncontended",
+        "both",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "grants at 0.16 ms at p50 and 1.50 ms at p99\nand loses nothing measurable of its own speed (−0.03 %)",
+        "busy master: grant latency p",
+        "busy",
+        "native",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "grants wait 1.49 ms at p50 and\n5.98 ms at p99 and the master gives up 6.46 % of its speed",
+        "busy master: grant latency p",
+        "busy",
+        "python",
+        "4",
+        TABLE,
+    ),
+    # The cost model
+    Figure(
+        "The native server spends about 1.5 µs per request",
+        "server work per request (in-process, no waits)",
+        "server",
+        "native",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "the pure-Python one 10.3 µs in the same run, and 2–10 µs\ndepending on the machine",
+        "server work per request (in-process, no waits)",
+        "server",
+        "python",
+        "4",
+        TABLE + "; 2-10 µs: the same row on other days and rank counts",
+    ),
+    Figure(
+        "(~50,000 with the Python loop at 10 µs)",
+        None,
+        "server",
+        "python",
+        "4",
+        "two requests per lock at the server work per request row's 10.3 µs",
+    ),
+    Figure(
+        "gives 93 µs per grant at 4 ranks and 185 µs at 8",
+        None,
+        "contended",
+        "native",
+        "4, 8",
+        "1 / the contended write() throughput row (10,771 and 5,412 per s)",
+    ),
+    Figure(
+        "polls about once per 1–1.5 ms",
+        None,
+        "busy",
+        "python",
+        "4",
+        "twice the busy master's grant p50 row under the pure-Python loop (1.49 ms), give or take",
+    ),
+    Figure(
+        "each lock waits 1.49 ms at p50 (4 ranks)",
+        "busy master: grant latency p50, rank 1",
+        "busy",
+        "python",
+        "4",
+        TABLE,
+    ),
+    Figure(
+        "grants in 32.3 µs at p50 with clients computing (4 ranks)",
+        "dedicated server: write grant latency p50, rank 1",
+        "dedicated",
+        "none",
+        "4",
+        TABLE,
+    ),
+)
+
+CHECKED: tuple[tuple[str, str], ...] = (
+    ("## mpilock and RMA-window locks", "\n## "),
+    ("**Cost model.**", "\n\n"),
+    ("The 8-rank figures come from", "\n\n"),
+)
+"""Passages of the README (from the first text to the next occurrence of the second) whose every
+figure with a unit (µs, ms, %) must be part of a listed README text."""
