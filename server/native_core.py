@@ -44,17 +44,26 @@ EDITABLE_DIR = "mpilock_server_native"
 
 
 def _load() -> ModuleType:
-    """Import ``mpilock.server._native``: from the package, else from this venv's editable build."""
+    """Import ``mpilock.server._native``: from the package, else this venv's editable build, else the build cache.
+
+    The last one is built at first use for the MPI library mpi4py loads
+    (:mod:`.native_build`) when the install built no module.
+    """
     name = f"{__package__}._native"
     try:
         return importlib.import_module(name)
-    except ImportError:
+    except ImportError as err:
         if name in sys.modules:  # None there: an import blocked on purpose
             raise
         path = Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
         spec = importlib.util.spec_from_file_location(name, path)
         if not path.is_file() or spec is None or spec.loader is None:
-            raise
+            from .native_build import BuildError, load
+
+            try:
+                return load()
+            except BuildError as failed:
+                raise ImportError(f"the install built none ({err}), and {failed}") from failed
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[name] = module
