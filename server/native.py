@@ -61,7 +61,7 @@ def decide() -> tuple[str, str, int]:
             "reinstall mpilock with that MPI's mpicc (MPICC=...) to use it",
             logging.WARNING,
         )
-    return "native", f"built against {family} {version}, the MPI library mpi4py uses", logging.INFO
+    return "native", f"built against {family} {version}, the MPI library mpi4py uses ({c.__file__})", logging.INFO
 
 
 LOOP, REASON, _LEVEL = decide()
@@ -94,13 +94,15 @@ def warn_once() -> None:
     if _LEVEL < logging.WARNING or _WARNED:
         return
     _WARNED.append(True)
+    library = (MPI.Get_library_version().strip().splitlines() or ["?"])[0]
     log.warning(
-        "mpilock: the pure-Python lock server loop serves this job (10-100x slower grants on a busy master) "
-        "because %s. To build the native loop for %s, run once: %s",
+        "mpilock: the pure-Python lock server loop serves this job (grants 10-100x slower on a busy master): %s. "
+        "To run the native loop with %s (the MPI mpi4py loads), run once: %s",
         REASON,
-        MPI.Get_library_version().strip().splitlines()[0] if MPI.Get_library_version().strip() else "this MPI",
+        " ".join(library.split()),
         FIX,
     )
+
 
 __all__ = [
     "FIX",

@@ -98,10 +98,13 @@ def _compile(cc: list[str], target: Path) -> None:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired) as err:
-            raise BuildError(f"{shlex.join(cc)} could not run: {err}") from err
+            raise BuildError(f"the MPI compiler wrapper {shlex.join(cc)} could not run: {err}") from err
         if done.returncode != 0 or not output.is_file():
             tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise BuildError(f"{shlex.join(cc)} failed (exit {done.returncode}): {tail or 'no output'}")
+            raise BuildError(
+                f"the MPI compiler wrapper {shlex.join(cc)} could not compile it (exit {done.returncode}): "
+                f"{tail or 'no output'}"
+            )
         os.replace(output, target)
 
 

@@ -63,7 +63,8 @@ def _load() -> ModuleType:
             try:
                 return load()
             except BuildError as failed:
-                raise ImportError(f"the install built none ({err}), and {failed}") from failed
+                why = f"the install built none ({err}); building it at first use failed: {failed}"
+                raise ImportError(why) from failed
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[name] = module
