@@ -69,8 +69,8 @@ class OptionalBuildExt(build_ext):
         # Never reuse a module from an earlier build: build/ may hold one built against another MPI
         # (the venvs of several MPIs share the tree), and a skipped build must not ship it.
         self.force = True
-        stale = Path(self.get_ext_fullpath(ext.name))
-        stale.unlink(missing_ok=True)
+        for stale in self._outputs(ext):
+            stale.unlink(missing_ok=True)
         mpicc = mpi_compiler()
         if mpicc is None:
             self._skip(ext, "no MPI compiler wrapper found (set MPICC, or install an MPI with its mpicc)")
@@ -95,6 +95,13 @@ class OptionalBuildExt(build_ext):
             os.makedirs(os.path.dirname(inplace), exist_ok=True)
         return inplace, regular
 
+    def _outputs(self, ext: Extension) -> list[Path]:
+        """Where this build puts ``ext``: in the build tree and, for an editable install, in the venv."""
+        built = Path(self.get_ext_fullpath(ext.name))
+        if not self.editable_mode:
+            return [built]
+        return [built, Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / built.name]
+
     def _skip(self, ext: Extension, why: str) -> None:
         print(
             f"WARNING: mpilock: {ext.name} not built: {why}; mpilock will build it at first use "
@@ -106,6 +113,9 @@ class OptionalBuildExt(build_ext):
 setup(
     long_description=long_description(Path(__file__).resolve().parent / "README.md"),
     long_description_content_type="text/markdown",
-    ext_modules=[Extension("mpilock.server._native", ["server/_native.c"], extra_compile_args=["-std=gnu11"])],
+    # optional: an editable install copies the module into the venv only if it was built
+    ext_modules=[
+        Extension("mpilock.server._native", ["server/_native.c"], extra_compile_args=["-std=gnu11"], optional=True)
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )
