@@ -16,8 +16,9 @@ mpilock builds it at first use with the ``mpicc`` of the MPI that mpi4py loads
 where pip installs the ``mpich`` wheel and its ``mpicc`` only after building
 mpilock), or runs its pure-Python server loop and says why at the first
 ``sync()``.  Every build compiles afresh: ``build/`` may hold a module from an
-earlier build against another MPI, and a skipped build removes it.  An editable install (``pip install
--e``, as ``make install`` does) puts the module in the venv, in
+earlier build against another MPI, and a skipped build removes it.  An
+editable install (``pip install -e``, as ``make install`` does) puts the
+module in the venv, in
 ``site-packages/mpilock_server_native/``, not in the source tree: the venvs of
 several MPI libraries share that tree (``.venv``, ``.venv-openmpi``), and each
 needs the module built with its own MPI (``mpilock/server/native_core.py`` looks

@@ -5,12 +5,14 @@ loop runs if ``MPILOCK_NATIVE`` is not 0, the module ``mpilock.server._native``
 was built and loads, its protocol numbers are this package's, and the MPI
 library it calls is the one mpi4py uses (``MPI_Get_library_version`` as the C
 module sees it, and the family of the MPI headers it was compiled with,
-against mpi4py's).  If the install built no module, it is built at
-first use for the MPI library mpi4py loads (:mod:`.native_build`).  Otherwise
-the pure-Python loop runs: the reason is logged at import (INFO, logger
-``mpilock``), and unless ``MPILOCK_NATIVE=0`` asked for it, one WARNING with
-the reason and the command that fixes it at the first ``sync()`` of the
-master.  :data:`LOOP` and :data:`REASON` tell which and why; ``python -m mpilock.bench`` prints them.
+against mpi4py's).  If the install built no module, or one for another MPI,
+it is built at first use for the MPI library mpi4py loads
+(:mod:`.native_build`).  Otherwise the pure-Python loop runs: the reason is
+logged at import (INFO, logger ``mpilock``), and unless ``MPILOCK_NATIVE=0``
+asked for it, one WARNING with the reason and the command that fixes it at
+the first ``sync()`` of the master.  :data:`LOOP` and :data:`REASON` tell
+which and why; ``python -m mpilock.bench`` and ``python -m mpilock.native``
+print them.
 """
 
 from __future__ import annotations
