@@ -116,7 +116,10 @@ def ensure(mpi_version: str, cache: Path | None = None) -> tuple[Path, bool]:
     """
     if not SOURCE.is_file():
         raise BuildError(f"its C source {SOURCE} is not installed")
-    cache = cache_dir() if cache is None else cache
+    try:
+        cache = cache_dir() if cache is None else cache
+    except RuntimeError as err:  # no home directory
+        raise BuildError(f"it has no cache directory: {err} (set XDG_CACHE_HOME)") from err
     name = key(mpi_version)
     target = cache / f"_native-{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
     if target.is_file():
@@ -180,5 +183,14 @@ def load(cache: Path | None = None) -> ModuleType:
         raise BuildError(f"{path} is not an extension module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not serves_mpi4pys_mpi(module):  # the mpicc found belongs to another MPI: never keep what it built
+        with contextlib.suppress(OSError):
+            path.unlink()
+        family, version = module.compiled_against()
+        theirs = " ".join((MPI.Get_library_version().strip().splitlines() or ["?"])[0].split())
+        raise BuildError(
+            f"the MPI compiler wrapper {shlex.join(compiler() or ['?'])} builds for {family} {version}, "
+            f"not for the MPI mpi4py loads ({theirs}); set MPICC to that MPI's mpicc"
+        )
     sys.modules[MODULE] = module
     return module
