@@ -10,9 +10,15 @@ broken image.
 is compiled with the MPI compiler wrapper: ``$MPICC`` if set, else the
 ``mpicc`` beside the building Python (an MPI wheel in the same venv), else the
 ``mpicc`` on ``PATH``.  It is optional: without a compiler, or if the build
-fails, the package installs without it (one warning in the build log) and
-mpilock runs its pure-Python server loop.  An editable install (``pip install
--e``, as ``make install`` does) puts the module in the venv, in
+fails, the package installs without it (one warning in the build log), and
+mpilock builds it at first use with the ``mpicc`` of the MPI that mpi4py loads
+(``server/native_build.py``: the usual case of ``pip install '.[mpich]'``,
+where pip installs the ``mpich`` wheel and its ``mpicc`` only after building
+mpilock), or runs its pure-Python server loop and says why at the first
+``sync()``.  Every build compiles afresh: ``build/`` may hold a module from an
+earlier build against another MPI, and a skipped build removes it.  An
+editable install (``pip install -e``, as ``make install`` does) puts the
+module in the venv, in
 ``site-packages/mpilock_server_native/``, not in the source tree: the venvs of
 several MPI libraries share that tree (``.venv``, ``.venv-openmpi``), and each
 needs the module built with its own MPI (``mpilock/server/native_core.py`` looks
@@ -61,6 +67,11 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext: Extension) -> None:
         """Compile and link ``ext`` with ``mpicc`` in place of the C compiler, or skip it."""
+        # Never reuse a module from an earlier build: build/ may hold one built against another MPI
+        # (the venvs of several MPIs share the tree), and a skipped build must not ship it.
+        self.force = True
+        for stale in self._outputs(ext):
+            stale.unlink(missing_ok=True)
         mpicc = mpi_compiler()
         if mpicc is None:
             self._skip(ext, "no MPI compiler wrapper found (set MPICC, or install an MPI with its mpicc)")
@@ -85,9 +96,17 @@ class OptionalBuildExt(build_ext):
             os.makedirs(os.path.dirname(inplace), exist_ok=True)
         return inplace, regular
 
+    def _outputs(self, ext: Extension) -> list[Path]:
+        """Where this build puts ``ext``: in the build tree and, for an editable install, in the venv."""
+        built = Path(self.get_ext_fullpath(ext.name))
+        if not self.editable_mode:
+            return [built]
+        return [built, Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / built.name]
+
     def _skip(self, ext: Extension, why: str) -> None:
         print(
-            f"WARNING: mpilock: {ext.name} not built: {why}; mpilock will run its pure-Python server loop",
+            f"WARNING: mpilock: {ext.name} not built: {why}; mpilock will build it at first use "
+            "with the mpicc of the MPI that mpi4py loads, or else run its pure-Python server loop",
             file=sys.stderr,
         )
 
@@ -95,6 +114,9 @@ class OptionalBuildExt(build_ext):
 setup(
     long_description=long_description(Path(__file__).resolve().parent / "README.md"),
     long_description_content_type="text/markdown",
-    ext_modules=[Extension("mpilock.server._native", ["server/_native.c"], extra_compile_args=["-std=gnu11"])],
+    # optional: an editable install copies the module into the venv only if it was built
+    ext_modules=[
+        Extension("mpilock.server._native", ["server/_native.c"], extra_compile_args=["-std=gnu11"], optional=True)
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -5,9 +5,14 @@ loop runs if ``MPILOCK_NATIVE`` is not 0, the module ``mpilock.server._native``
 was built and loads, its protocol numbers are this package's, and the MPI
 library it calls is the one mpi4py uses (``MPI_Get_library_version`` as the C
 module sees it, and the family of the MPI headers it was compiled with,
-against mpi4py's).  Otherwise the pure-Python loop runs, and the reason is
-logged once (logger ``mpilock``).  :data:`LOOP` and :data:`REASON` tell which
-and why; ``python -m mpilock.bench`` prints them.
+against mpi4py's).  If the install built no module, or one for another MPI,
+it is built at first use for the MPI library mpi4py loads
+(:mod:`.native_build`).  Otherwise the pure-Python loop runs: the reason is
+logged at import (INFO, logger ``mpilock``), and unless ``MPILOCK_NATIVE=0``
+asked for it, one WARNING with the reason and the command that fixes it at
+the first ``sync()`` of the master.  :data:`LOOP` and :data:`REASON` tell
+which and why; ``python -m mpilock.bench`` and ``python -m mpilock.native``
+print them.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def decide() -> tuple[str, str, int]:
 
     c: Any = NATIVE
     if c is None:
-        return "python", f"the native module is not built or does not load ({IMPORT_ERROR})", logging.INFO
+        return "python", f"the native module is not built or does not load ({IMPORT_ERROR})", logging.WARNING
     expected = {
         "ops": tuple(int(op) for op in Op),
         "replies": tuple(int(reply) for reply in Reply),
@@ -58,14 +63,64 @@ def decide() -> tuple[str, str, int]:
             "reinstall mpilock with that MPI's mpicc (MPICC=...) to use it",
             logging.WARNING,
         )
-    return "native", f"built against {family} {version}, the MPI library mpi4py uses", logging.INFO
+    return "native", f"built against {family} {version}, the MPI library mpi4py uses ({c.__file__})", logging.INFO
 
 
 LOOP, REASON, _LEVEL = decide()
 """``"native"`` or ``"python"``, and why."""
-log.log(_LEVEL, "mpilock: %s lock server loop: %s", LOOP, REASON)
+log.info("mpilock: %s lock server loop: %s", LOOP, REASON)
 
-__all__ = ["LOOP", "PAUSED", "REASON", "ServedChannel", "Service", "chosen", "decide", "drive", "pause", "serve", "use"]
+FIX = (
+    f"MPICC=/path/to/mpicc {sys.executable} -m pip install --force-reinstall --no-deps --no-binary=mpilock-server "
+    "mpilock-server"
+    if REASON.startswith("the native module was built")
+    else f"MPICC=/path/to/mpicc {sys.executable} -m mpilock.native"
+)
+"""The command that makes the native loop run here, given that MPI's ``mpicc``.
+
+If the installed module was built for another MPI or protocol: reinstall
+from source with it.  If none loads: build it into the cache at first use
+(:mod:`.native_build`) and say which loop runs now.
+"""
+
+_WARNED: list[bool] = []
+
+
+def warn_once() -> None:
+    """Log one WARNING per process if the pure-Python loop serves although the native one was not switched off.
+
+    Called where a process first serves a lock (the master's first ``sync()``):
+    the user learns at run time, not from a build log, that the fallback runs,
+    why, and the one command that fixes it.
+    """
+    if _LEVEL < logging.WARNING or _WARNED:
+        return
+    _WARNED.append(True)
+    library = (MPI.Get_library_version().strip().splitlines() or ["?"])[0]
+    log.warning(
+        "mpilock: the pure-Python lock server loop serves this job (grants 10-100x slower on a busy master): %s. "
+        "To run the native loop with %s (the MPI mpi4py loads), run once: %s",
+        REASON,
+        " ".join(library.split()),
+        FIX,
+    )
+
+
+__all__ = [
+    "FIX",
+    "LOOP",
+    "PAUSED",
+    "REASON",
+    "ServedChannel",
+    "Service",
+    "chosen",
+    "decide",
+    "drive",
+    "pause",
+    "serve",
+    "use",
+    "warn_once",
+]
 
 
 class ServedChannel(Protocol):
@@ -93,6 +148,7 @@ class Service(Protocol):
 
 def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedChannel, Service]:
     """Serve the lock of the controller whose private communicator is ``comm`` with this process's loop."""
+    warn_once()
     if chosen() == "native":
         from .native_loop import SERVICE as NATIVE
 

@@ -44,17 +44,43 @@ EDITABLE_DIR = "mpilock_server_native"
 
 
 def _load() -> ModuleType:
-    """Import ``mpilock.server._native``: from the package, else from this venv's editable build."""
+    """Import ``mpilock.server._native``: from the package, else this venv's editable build, else the build cache.
+
+    The last one is built at first use for the MPI library mpi4py loads
+    (:mod:`.native_build`), when the install built no module or one for
+    another MPI library (if that build fails, the installed module is
+    returned and :mod:`.native` reports the mismatch).
+    """
+    installed = _load_installed()
+    from .native_build import load, serves_mpi4pys_mpi
+
+    if serves_mpi4pys_mpi(installed):
+        return installed
+    try:
+        return load()
+    except ImportError:  # not built, or it does not load either: keep the installed one
+        sys.modules[installed.__name__] = installed
+        return installed
+
+
+def _load_installed() -> ModuleType:
+    """Import the module the install built: from the package, else from this venv's editable build, else the cache."""
     name = f"{__package__}._native"
     try:
         return importlib.import_module(name)
-    except ImportError:
+    except ImportError as err:
         if name in sys.modules:  # None there: an import blocked on purpose
             raise
         path = Path(sysconfig.get_path("platlib")) / EDITABLE_DIR / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
         spec = importlib.util.spec_from_file_location(name, path)
         if not path.is_file() or spec is None or spec.loader is None:
-            raise
+            from .native_build import BuildError, load
+
+            try:
+                return load()
+            except BuildError as failed:
+                why = f"the install built none ({err}); building it at first use failed: {failed}"
+                raise ImportError(why) from failed
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[name] = module
