@@ -179,6 +179,8 @@ class WindowController:
         connection = wake.connect(private, index, word)
         if self._channel is not None:
             self._channel.set_wakeable(connection.everyone)
+            if connection.words is not None:
+                self._channel.set_client_words(connection.words)
         self._attach(private, index, user_comm, writer=index, serial=serial, connection=connection)
 
     @classmethod
@@ -215,6 +217,8 @@ class WindowController:
             server,
             self._channel.help if self._channel is not None else None,
             connection.waker.poke if connection.waker is not None else None,
+            # The master's own waits poll its channel (help), so it needs no sleeper; the others sleep on their word.
+            wake.Sleeper(connection.words, connection.rank) if self._channel is None and connection.words else None,
         )
         self._held: dict[bytes, int] = {}
         """key -> mode: what the server thinks this rank holds."""

@@ -56,7 +56,10 @@ def dedicated(
         recorder = Recorder(private.Get_size(), keep_events=path is not None)
         members = [r for r in range(private.Get_size()) if r != server]
         channel = Channel(private, recorder, members=members, name="the dedicated controller")
-        channel.set_wakeable(wake.connect(private, server, wake.serve_word()).everyone)
+        connection = wake.connect(private, server, wake.serve_word())
+        channel.set_wakeable(connection.everyone)
+        if connection.words is not None:
+            channel.set_client_words(connection.words)
         serve_until_closed(channel)
         if path is not None:
             recorder.write_chrome_trace(path)

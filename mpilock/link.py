@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import NamedTuple
 from mpi4py import MPI
 
 from .errors import DeadlockError, LimitError, MpilockError
-from .server import wire
+from .server import wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Payload, joined
 from .server.native import PAUSED, drive
@@ -63,18 +64,22 @@ class Link:
         master: int,
         local: Callable[[], bool] | None = None,
         poke: Callable[[], object] | None = None,
+        sleeper: wake.Sleeper | None = None,
     ) -> None:
         """Talk to the server on rank ``master`` of the private ``comm``.
 
         On the master itself, ``local`` polls its server once (returning
         whether it handled a request); waits call it between their tests.
         ``poke`` wakes the server if it sleeps (a rank of its node, see
-        :mod:`.server.wake`); every send calls it.
+        :mod:`.server.wake`); every send calls it.  With ``sleeper``, a wait
+        past its spin sleeps on this rank's word, which the server pokes with
+        each reply, instead of polling with timed sleeps.
         """
         self.comm = comm
         self.master = master
         self._local = local
         self._poke = poke
+        self._sleeper = sleeper
         self._seq = 0
         self._sends: wire.Pending = []
         self._header = wire.reply_buffer()
@@ -135,6 +140,7 @@ class Link:
         watch: Watcher | None = None
         question = -1
         recv = self._recv
+        sleeper = self._sleeper
         while True:
             if not self._started:
                 self._header[:8] = _NO_CODE  # what a Test reads if an exception skips the Start below
@@ -142,6 +148,8 @@ class Link:
                 recv.Start()
             if recv.Test():
                 self._started = False
+                if sleeper is not None:
+                    sleeper.done()
                 answer = self._take()
                 if answer is None:
                     continue
@@ -161,6 +169,8 @@ class Link:
             if deadline is not None or watch is not None:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
+                    if sleeper is not None:
+                        sleeper.done()
                     return None
                 if watch is not None and question < 0 and now >= watch.due:
                     question = watch.ask(self)
@@ -173,6 +183,14 @@ class Link:
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
                 if watcher is not None:
                     watch = watcher(time.monotonic())
+            if sleeper is not None and not PAUSED.is_set() and not backoff.spinning():
+                # Asleep on this rank's word until the server pokes it with a reply (or the next deadline).
+                until = deadline if deadline is not None else math.inf
+                if watch is not None:
+                    until = min(until, watch.due)
+                if sleeper.sleep(until - time.monotonic()):
+                    backoff.reset()  # poked: the reply is on its way; test hot until it shows
+                continue
             backoff.pause()
 
     def wait_for(self, event: threading.Event) -> None:

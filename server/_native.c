@@ -1428,6 +1428,7 @@ static pthread_cond_t g_drained = PTHREAD_COND_INITIALIZER;
 
 typedef struct SendSlot {
     int64_t words[HEADER_WORDS];
+    int rank; /* the reply's client: poked again once the send has completed */
 } SendSlot;
 
 struct Channel {
@@ -1443,6 +1444,9 @@ struct Channel {
     int *deferred;
     int finished, drain_asked;
     int wakeable; /* every rank of the channel can reach the wake word (same node, wake-up on) */
+    uint32_t *words; /* the clients' words (see "the wake word"), or NULL */
+    int nwords;
+    PyObject *words_owner; /* the Words object that maps them (kept alive while the channel lives) */
     Channel *next;
 };
 
@@ -1487,6 +1491,8 @@ static void mpi_check(int err, const char *what)
         die(what);
 }
 
+static void poke_client(Channel *ch, int rank);
+
 static void channel_send(Channel *ch, int rank, int code, int64_t seq)
 {
     SendSlot *slot = g_nfree_slots ? g_free_slots[--g_nfree_slots] : xmalloc(sizeof(SendSlot));
@@ -1505,10 +1511,12 @@ static void channel_send(Channel *ch, int rank, int code, int64_t seq)
             die("out of memory");
         ch->capsends = cap;
     }
+    slot->rank = rank;
     ch->slots[ch->nsends] = slot;
     mpi_check(MPI_Isend(slot->words, HEADER_BYTES, MPI_BYTE, rank, TAG_REPLY, ch->comm, &ch->reqs[ch->nsends]),
               "MPI_Isend of a reply failed");
     ch->nsends++;
+    poke_client(ch, rank);
 }
 
 static void channel_reap(Channel *ch)
@@ -1524,6 +1532,9 @@ static void channel_reap(Channel *ch)
     int k = 0;
     for (int i = 0; i < ch->nsends; i++) {
         if (ch->reqs[i] == MPI_REQUEST_NULL) {
+            /* Sent for sure now: a client that slept through the first poke (an MPI that sent the reply
+             * only at its next progress) is woken now. */
+            poke_client(ch, ch->slots[i]->rank);
             if (g_nfree_slots < 256)
                 g_free_slots[g_nfree_slots++] = ch->slots[i];
             else
@@ -1749,19 +1760,19 @@ static uint32_t *g_wake = NULL; /* this process's word, once it serves */
 static long g_sleeps = 0, g_woken = 0; /* futex sleeps of a server thread; of them, ended by a client */
 static double g_wake_longest = 0.1; /* cap of a futex sleep when every client of every channel can wake us */
 
-static uint32_t *wake_map(const char *name, int create)
+static uint32_t *wake_map_bytes(const char *name, int create, size_t bytes)
 {
     int fd = shm_open(name, create ? O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0600);
     if (fd < 0)
         return NULL;
-    if (create && ftruncate(fd, WAKE_BYTES) != 0) {
+    if (create && ftruncate(fd, (off_t)bytes) != 0) {
         int saved = errno;
         close(fd);
         shm_unlink(name);
         errno = saved;
         return NULL;
     }
-    void *p = mmap(NULL, WAKE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     int saved = errno;
     close(fd);
     if (p == MAP_FAILED) {
@@ -1771,6 +1782,11 @@ static uint32_t *wake_map(const char *name, int create)
         return NULL;
     }
     return (uint32_t *)p;
+}
+
+static uint32_t *wake_map(const char *name, int create)
+{
+    return wake_map_bytes(name, create, WAKE_BYTES);
 }
 
 static long futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout)
@@ -1790,17 +1806,32 @@ static int wake_poke(uint32_t *word)
 
 /* Sleep on the word (armed to 1 before the caller's last poll) for at most seconds; disarm it.
  * Returns whether a client woke us (it swapped in the 0). */
-static int wake_sleep(uint32_t *word, double seconds)
+static int wake_sleep_on(uint32_t *word, double seconds)
 {
     struct timespec ts;
     ts.tv_sec = (time_t)seconds;
     ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
     futex(word, FUTEX_WAIT, 1, &ts);
-    int woken = __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0;
+    return __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST) == 0;
+}
+
+static int wake_sleep(uint32_t *word, double seconds) /* a server thread's sleep, counted */
+{
+    int woken = wake_sleep_on(word, seconds);
     __atomic_add_fetch(&g_sleeps, 1, __ATOMIC_RELAXED);
     if (woken)
         __atomic_add_fetch(&g_woken, 1, __ATOMIC_RELAXED);
     return woken;
+}
+
+/* A channel's client words: one per rank (a cache line each) in a segment the master makes for the channel.
+ * A client waiting for a reply sleeps on its word; the server pokes it after sending the client a reply. */
+#define WORD_STRIDE 16 /* uint32_t: 64 bytes */
+
+static void poke_client(Channel *ch, int rank)
+{
+    if (ch->words && rank >= 0 && rank < ch->nwords)
+        wake_poke(&ch->words[(size_t)rank * WORD_STRIDE]);
 }
 
 /* Wake our own server thread (pause, close): it must look at the world now, not after its sleep. */
@@ -1845,7 +1876,7 @@ static void *native_thread(void *unused)
     double last_work = monotonic(), sleep = g_shortest, cap = g_idle_longest;
     int armed = 0; /* the wake word says "asleep"; one more poll before the futex sleep */
     for (;;) {
-        int busy = 0, open = 0;
+        int busy = 0, open = 0, sending = 0;
         pthread_mutex_lock(&g_lock);
         while (over_hard_bound() && !g_paused) { /* never unbounded memory: wait for Python to drain */
             struct timespec until;
@@ -1870,6 +1901,10 @@ static void *native_thread(void *unused)
                 busy = 1;
                 if (ch->finished)
                     break;
+            }
+            if (!ch->finished && ch->nsends) { /* progress our replies: no sleep while one is still going */
+                channel_reap(ch);
+                sending |= ch->nsends > 0;
             }
         }
         if (!open) {
@@ -1904,13 +1939,20 @@ static void *native_thread(void *unused)
             nap(g_shortest);
             continue;
         }
-        if (g_wake) { /* idle: sleep until a client wakes us, or the cap */
+        if (armed && sending) { /* not asleep while a reply is still going out: clients need not poke */
+            __atomic_store_n(g_wake, 0, __ATOMIC_SEQ_CST);
+            armed = 0;
+        }
+        if (g_wake && !sending) { /* idle: sleep until a client wakes us, or the cap */
             if (!armed) {
                 __atomic_store_n(g_wake, 1, __ATOMIC_SEQ_CST);
                 armed = 1;
                 continue; /* a request sent before the store was seen must be seen by this poll */
             }
-            wake_sleep(g_wake, cap);
+            if (wake_sleep(g_wake, cap)) { /* a client poked: poll hot, its request may take more than one poll */
+                last_work = monotonic();
+                sleep = g_shortest;
+            }
             armed = 0;
             continue;
         }
@@ -2588,6 +2630,7 @@ static PyObject *mod_release(PyObject *mod, PyObject *args)
         *at = ch->next;
         ch->core->channel = NULL;
         core_unref(ch->core);
+        Py_XDECREF(ch->words_owner);
         free(ch->reqs);
         free(ch->slots);
         free(ch->deferred);
@@ -2957,6 +3000,145 @@ static PyTypeObject WakerType = {
     .tp_methods = Waker_methods,
 };
 
+typedef struct {
+    PyObject_HEAD uint32_t *base;
+    int count, created;
+    char name[256];
+} WordsObject;
+
+static int Words_init(WordsObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "count", "create", NULL};
+    const char *name;
+    int count, create = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "si|p", kwlist, &name, &count, &create))
+        return -1;
+    if (self->base) {
+        PyErr_SetString(PyExc_RuntimeError, "Words initialized twice");
+        return -1;
+    }
+    if (count < 1 || strlen(name) >= sizeof(self->name)) {
+        PyErr_SetString(PyExc_ValueError, "Words needs a count >= 1 and a name shorter than 256 bytes");
+        return -1;
+    }
+    self->base = wake_map_bytes(name, create, (size_t)count * WORD_STRIDE * sizeof(uint32_t));
+    if (!self->base) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+        return -1;
+    }
+    self->count = count;
+    self->created = create;
+    strcpy(self->name, name);
+    return 0;
+}
+
+static void Words_dealloc(WordsObject *self)
+{
+    if (self->base)
+        munmap(self->base, (size_t)self->count * WORD_STRIDE * sizeof(uint32_t));
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static uint32_t *words_at(WordsObject *self, PyObject *args)
+{
+    int rank;
+    if (!PyArg_ParseTuple(args, "i", &rank))
+        return NULL;
+    if (!self->base || rank < 0 || rank >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "no word for that rank");
+        return NULL;
+    }
+    return &self->base[(size_t)rank * WORD_STRIDE];
+}
+
+static PyObject *Words_poke(WordsObject *self, PyObject *args)
+{
+    uint32_t *word = words_at(self, args);
+    return word ? PyBool_FromLong(wake_poke(word)) : NULL;
+}
+
+static PyObject *Words_arm(WordsObject *self, PyObject *args)
+{
+    uint32_t *word = words_at(self, args);
+    if (!word)
+        return NULL;
+    __atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Words_disarm(WordsObject *self, PyObject *args)
+{
+    uint32_t *word = words_at(self, args);
+    if (!word)
+        return NULL;
+    __atomic_store_n(word, 0, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Words_sleep(WordsObject *self, PyObject *args)
+{
+    int rank;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "id", &rank, &seconds))
+        return NULL;
+    if (!self->base || rank < 0 || rank >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "no word for that rank");
+        return NULL;
+    }
+    uint32_t *word = &self->base[(size_t)rank * WORD_STRIDE];
+    int woken;
+    Py_BEGIN_ALLOW_THREADS woken = wake_sleep_on(word, seconds > 0 ? seconds : 0);
+    Py_END_ALLOW_THREADS return PyBool_FromLong(woken);
+}
+
+static PyObject *Words_unlink(WordsObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->created && self->name[0] && shm_unlink(self->name) != 0 && errno != ENOENT)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, self->name);
+    self->name[0] = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Words_methods[] = {
+    {"poke", (PyCFunction)Words_poke, METH_VARARGS, "poke(rank) -> bool: wake that rank's sleeper, if it sleeps."},
+    {"arm", (PyCFunction)Words_arm, METH_VARARGS, "arm(rank): say 'asleep' in the word, before a last test."},
+    {"disarm", (PyCFunction)Words_disarm, METH_VARARGS, "disarm(rank): say 'awake' in the word."},
+    {"sleep", (PyCFunction)Words_sleep, METH_VARARGS,
+     "sleep(rank, seconds) -> woken: sleep on the armed word (GIL released) until poked or timed out."},
+    {"unlink", (PyCFunction)Words_unlink, METH_NOARGS, "Remove the segment's name (mappings stay valid)."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject WordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Words",
+    .tp_basicsize = sizeof(WordsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Words(name, count, create=False): a channel's client words, one per rank, in POSIX shared memory.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Words_init,
+    .tp_dealloc = (destructor)Words_dealloc,
+    .tp_methods = Words_methods,
+};
+
+static PyObject *mod_set_client_words(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int id;
+    PyObject *words;
+    if (!PyArg_ParseTuple(args, "iO!", &id, &WordsType, &words))
+        return NULL;
+    lock_world();
+    Channel *ch = find_channel(id);
+    if (ch && !ch->words_owner) {
+        Py_INCREF(words);
+        ch->words_owner = words;
+        ch->nwords = ((WordsObject *)words)->count;
+        ch->words = ((WordsObject *)words)->base;
+    }
+    pthread_mutex_unlock(&g_lock);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"attach", mod_attach, METH_VARARGS, "attach(core, fortran_comm) -> channel id: serve core on that communicator."},
     {"start", mod_start, METH_NOARGS, "Start the service thread if it is not running; True if started."},
@@ -2982,6 +3164,8 @@ static PyMethodDef module_methods[] = {
     {"wake_sleep", mod_wake_sleep, METH_VARARGS, "wake_sleep(seconds) -> woken: sleep on the armed word."},
     {"wake_disarm", mod_wake_disarm, METH_NOARGS, "Say 'awake' in the word (the last poll found work)."},
     {"wake_now", mod_wake_now, METH_NOARGS, "Wake this process's sleeping server thread (a channel came or went)."},
+    {"set_client_words", mod_set_client_words, METH_VARARGS,
+     "set_client_words(channel, words): poke a rank's word after each reply the C thread sends it."},
     {"time_core", mod_time_core, METH_VARARGS, "time_core(pairs) -> seconds per request of the core alone."},
     {NULL, NULL, 0, NULL}};
 
@@ -2992,7 +3176,8 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WakerType) < 0)
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WakerType) < 0 ||
+        PyType_Ready(&WordsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
@@ -3000,9 +3185,11 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&GraphType);
     Py_INCREF(&CoreType);
     Py_INCREF(&WakerType);
+    Py_INCREF(&WordsType);
     if (PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
         PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
-        PyModule_AddObject(m, "Waker", (PyObject *)&WakerType) < 0) {
+        PyModule_AddObject(m, "Waker", (PyObject *)&WakerType) < 0 ||
+        PyModule_AddObject(m, "Words", (PyObject *)&WordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

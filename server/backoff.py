@@ -67,6 +67,10 @@ class Backoff:
             self._hot_until = time.monotonic() + self.spin
             self._sleep = SHORTEST_SLEEP
 
+    def spinning(self) -> bool:
+        """Whether the loop is still in its spin phase (it only yields between polls)."""
+        return time.monotonic() < self._hot_until
+
     def pause(self, wake: threading.Event | None = None) -> None:
         """Wait a little before the next poll; skips the sleep if ``wake`` is already set."""
         start = time.monotonic()

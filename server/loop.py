@@ -103,9 +103,36 @@ class Channel:
         self.wakeable = False
         """Whether every client can wake the server thread (see :mod:`.wake`)."""
 
+        self._words: Any = None
+        """The clients' words (see :mod:`.wake`): each reply pokes its rank's."""
+        self._replied: set[int] = set()
+        """Ranks sent a reply since the server thread last slept (poked again before it sleeps)."""
+
     def set_wakeable(self, everyone: bool) -> None:
         """Say whether every client can wake the server thread: its idle sleeps may then be long."""
         self.wakeable = everyone
+
+    def set_client_words(self, words: Any) -> None:
+        """Poke a client's word (``words``, see :mod:`.wake`) after each reply sent to it: it may sleep on it."""
+        self._words = words
+
+    def settle(self) -> bool:
+        """Before the server thread sleeps: complete the replies in flight and poke their clients once more.
+
+        An MPI may put a reply on the wire only at a later progress call, after
+        the first poke: a client that slept through it is woken now.  Returns
+        ``False`` (do not sleep yet) while a reply is still going out.
+        """
+        if self._sends:
+            self._sends = wire.reap(self._sends)
+            if self._sends:
+                return False
+        words = self._words
+        if words is not None:
+            for rank in self._replied:
+                words.poke(rank)
+        self._replied.clear()
+        return True
 
     def poll(self, block: bool = True) -> bool:
         """Handle at most one arrived request; return whether one was handled.
@@ -163,6 +190,7 @@ class Channel:
         replies, self.core.outbox = self.core.outbox, []
         if self.observer is not None:
             self.observer.observe(time.monotonic(), -1, 0, 0, replies)
+        words = self._words
         for reply in replies:
             wire.isend(
                 self.comm,
@@ -175,6 +203,9 @@ class Channel:
                 reply.payload,
                 self._sends,
             )
+            if words is not None:
+                words.poke(reply.rank)
+                self._replied.add(reply.rank)
 
     def _serve_one(self, rank: int, arrived: tuple[Request, Payload | None] | None = None) -> None:
         """Serve the request whose header just arrived from ``rank``, or one whose frames have ``arrived``."""
@@ -206,11 +237,14 @@ class Channel:
                 replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
             if self.observer is not None:
                 self.observer.observe(now, rank, op, seq, replies, keys)
-        sends = self._sends
+        sends, words = self._sends, self._words
         for reply in replies:
             wire.isend(
                 self.comm, reply.rank, TAG_REPLY, reply.code, reply.seq, reply.arg, reply.aux, reply.payload, sends
             )
+            if words is not None:
+                words.poke(reply.rank)
+                self._replied.add(reply.rank)
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
@@ -278,8 +312,10 @@ def serve(current: Callable[[], list[Channel]], changed: threading.Event | None 
         if busy:
             backoff.reset()
             idle.worked()
-        elif not stale and not idle.sleep(all(c.wakeable for c in channels), changed):
-            backoff.pause(changed)
+        elif not stale:
+            everyone = all(c.wakeable for c in channels)
+            if not (idle.due() and all([c.settle() for c in channels]) and idle.sleep(everyone, changed)):
+                backoff.pause(changed)
 
 
 def serve_until_closed(channel: Channel) -> None:

@@ -135,6 +135,9 @@ class ServedChannel(Protocol):
     def set_wakeable(self, everyone: bool) -> None:
         """Say whether every client can wake the server (see :mod:`.wake`): its idle sleeps may then be long."""
 
+    def set_client_words(self, words: Any) -> None:
+        """Poke a client's word after each reply sent to it (see :mod:`.wake`): a waiting client sleeps on it."""
+
 
 class Service(Protocol):
     """The loop that serves a process's channels."""

@@ -89,6 +89,7 @@ class NativeChannel:
         self.finished = threading.Event()
         """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
         self._sends: wire.Pending = []
+        self._words: Any = None
         self.id: int = _c.attach(self.core.native, comm.py2f())
 
     def help(self) -> bool:
@@ -106,6 +107,11 @@ class NativeChannel:
     def set_wakeable(self, everyone: bool) -> None:
         """Say whether every client can wake the C thread: its idle sleeps are then capped by ``MPILOCK_WAKE_SLEEP``."""
         _c.set_wakeable(self.id, everyone)
+
+    def set_client_words(self, words: Any) -> None:
+        """Poke a client's word (``words``, see :mod:`.wake`) after each reply sent to it, from C or Python."""
+        self._words = words
+        _c.set_client_words(self.id, words)
 
     # -- what the Python thread does ----------------------------------------------------------------
     def serve_message(self, rank: int, message: bytes) -> None:
@@ -162,6 +168,8 @@ class NativeChannel:
                 reply.payload,
                 sends,
             )
+            if self._words is not None:
+                self._words.poke(reply.rank)
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
 

@@ -114,29 +114,44 @@ def serve_word() -> str | None:
 
 
 class Connection:
-    """What one rank learnt when a controller was made: how to wake its server, and whether all can."""
+    """What one rank learnt when a controller was made: how to wake its server, and how to be woken."""
 
-    def __init__(self, waker: Any, everyone: bool) -> None:
-        """``waker``: this client's mapping of the server's word (``None``: it cannot wake it)."""
+    def __init__(self, waker: Any = None, words: Any = None, rank: int = -1, everyone: bool = False) -> None:
+        """``waker``: this client's mapping of the server's word; ``words``: the channel's client words.
+
+        ``None`` where this rank cannot reach them (another node, the wake-up off).
+        """
         self.waker = waker
+        self.words = words
+        """The channel's words, one per rank: a client waits for a reply asleep on its own."""
+        self.rank = rank
         self.everyone = everyone
         """Whether every rank but the server itself can wake the server (its sleeps may then be long)."""
-
-    def poke(self) -> None:
-        """Wake the server if it sleeps (after sending it a request)."""
-        if self.waker is not None:
-            self.waker.poke()
 
 
 def connect(comm: MPI.Intracomm, server: int, name: str | None) -> Connection:
     """Hand the server's word (``name`` on rank ``server``) to the ranks of its node; collective over ``comm``.
 
     The ranks of the server's node are those of ``MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)``
-    that share it with ``server``; the server itself is left out (its own waits poll its channel).
+    that share it with ``server``, the server's own included: its releases wake its sleeping thread.
+    The server also makes the channel's client words (one per rank: a waiting
+    client sleeps on its own, the server pokes it with each reply); their name
+    is removed once every rank has mapped them, so nothing is left behind.
     """
-    name = comm.bcast(name, root=server)
+    rank = comm.Get_rank()
+    c = _module()
+    words = None
+    words_name = None
+    if rank == server and name is not None:
+        words_name = f"{name}-c{secrets.token_hex(4)}"
+        try:
+            words = c.Words(words_name, comm.Get_size(), True)
+        except OSError as error:
+            _say_once(f"no POSIX shared memory for the clients' words ({error})", logging.WARNING)
+            words_name = None
+    name, words_name = comm.bcast((name, words_name), root=server)
     if name is None:
-        return Connection(None, False)
+        return Connection(rank=rank)
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         group, node_group = comm.Get_group(), node.Get_group()
@@ -146,17 +161,21 @@ def connect(comm: MPI.Intracomm, server: int, name: str | None) -> Connection:
     finally:
         node.Free()
     waker = None
-    if here and comm.Get_rank() != server:
-        c = _module()
-        try:
-            waker = c.Waker(name) if c is not None else None
-        except OSError as error:
-            _say_once(f"this rank cannot open the server's word ({error})", logging.WARNING)
-        if waker is None and c is None:
+    if here:  # the server's own rank too: its releases must wake its sleeping server thread
+        if c is None:
             _say_once("the native module is not built on this rank")
-    able = waker is not None or comm.Get_rank() == server
-    everyone = bool(comm.allreduce(able, op=MPI.LAND))
-    return Connection(waker, everyone)
+        else:
+            try:
+                waker = c.Waker(name)
+                if rank != server:
+                    words = c.Words(words_name, comm.Get_size()) if words_name is not None else None
+            except OSError as error:
+                _say_once(f"this rank cannot open the server's words ({error})", logging.WARNING)
+    able = waker is not None
+    everyone = bool(comm.allreduce(able, op=MPI.LAND))  # every rank has mapped what it could
+    if rank == server and words is not None:
+        words.unlink()
+    return Connection(waker, words, rank, everyone)
 
 
 _cap = [SETTINGS.wake_sleep]
@@ -171,6 +190,7 @@ def set_sleep_cap(seconds: float) -> None:
     c = _module()
     if c is not None:
         c.configure(wake_longest=seconds)
+        wake_own_server()  # a sleeping server thread takes the new cap now
 
 
 def sleep_cap() -> float:
@@ -201,6 +221,10 @@ class IdleSleep:
             _module().wake_disarm()
             self._armed = False
 
+    def due(self) -> bool:
+        """Whether the loop has idled past its hot window and can sleep on the word."""
+        return bool(_served) and time.monotonic() - self._last >= self._hot
+
     def sleep(self, everyone: bool, changed: threading.Event | None = None) -> bool:
         """Idle: arm the word (then the caller polls once more) or sleep on it; ``False``: use your backoff.
 
@@ -218,5 +242,41 @@ class IdleSleep:
         if changed is not None and changed.is_set():
             c.wake_disarm()
             return True
-        c.wake_sleep(_cap[0] if everyone else self._longest)
+        if c.wake_sleep(_cap[0] if everyone else self._longest):
+            self._last = time.monotonic()  # poked: poll hot, the request may take more than one poll to show
         return True
+
+
+CLIENT_SLEEP = 0.05
+"""Longest sleep of a client waiting on its word: a poke that never came (it should not) costs at most this."""
+
+
+class Sleeper:
+    """A client's wait for a reply, asleep on its own word of the channel's client words."""
+
+    __slots__ = ("_armed", "_rank", "_words")
+
+    def __init__(self, words: Any, rank: int) -> None:
+        """Sleep on word ``rank`` of ``words`` (see :func:`connect`)."""
+        self._words = words
+        self._rank = rank
+        self._armed = False
+
+    def sleep(self, seconds: float) -> bool:
+        """Arm the word (the caller then tests once more), or, armed, sleep on it for at most ``seconds``.
+
+        Returns whether the server poked us: the caller should then poll hot
+        for a while, since an MPI may need more than one test to show a message.
+        """
+        if not self._armed:
+            self._words.arm(self._rank)
+            self._armed = True
+            return False
+        self._armed = False
+        return bool(self._words.sleep(self._rank, min(seconds, CLIENT_SLEEP)))
+
+    def done(self) -> None:
+        """Say 'awake': the wait is over (the server need not call the kernel for the next reply)."""
+        if self._armed:
+            self._armed = False
+            self._words.disarm(self._rank)

@@ -103,3 +103,34 @@ def test_without_shared_memory_the_server_falls_back_to_timed_sleeps_and_says_so
         assert "no POSIX shared memory" in fallback[0], fallback
     if NATIVE is not None and SETTINGS.wake:
         assert NATIVE.wake_counts()[0] == 0  # never slept on a word it does not have
+
+
+@mpi(min_ranks=2)
+def test_a_waiting_client_sleeps_on_its_word_and_the_grant_wakes_it(ctrl, mpi_ranks, monkeypatch):
+    # A client sleep of 20 s at a time: a grant that only a timed-out sleep noticed would come 20 s late.
+    monkeypatch.setattr(wake, "CLIENT_SLEEP", CAP)
+    able = ctrl._link._sleeper is not None
+    everyone = COMM.allreduce(able or ctrl.rank == 0, op=MPI.LAND)
+    if not SETTINGS.wake or NATIVE is None:
+        assert not able
+        pytest.skip("the wake-up is off here: waiting clients poll with timed sleeps")
+    assert everyone, "a client of the server's node cannot sleep on its word"
+    holder, waiter = 0, COMM.size - 1
+    released = granted = 0.0
+    cpu = 0.0
+    if ctrl.rank == holder:
+        with ctrl.write():
+            COMM.barrier()
+            time.sleep(1.0)  # the waiter is long past its spin, asleep on its word
+            released = time.time()
+    else:
+        COMM.barrier()
+        if ctrl.rank == waiter:
+            start_cpu, start = time.process_time(), time.monotonic()
+            with ctrl.write():
+                granted = time.time()
+            cpu = (time.process_time() - start_cpu) / (time.monotonic() - start)
+    released = COMM.bcast(released, root=holder)
+    granted, cpu = COMM.bcast((granted, cpu), root=waiter)
+    assert granted - released < BOUND, f"granted {granted - released:.3f} s after the release"
+    assert cpu < 0.2, f"the waiting rank used {cpu:.0%} of a core while it waited"  # a poller would use ~100 %
