@@ -112,20 +112,13 @@ class Lock:
             self._taken.append(self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site))
         except BaseException:
             if len(self._taken) > depth:  # taken: the exception came after
-                self._give_back()
+                self.__exit__(None, None, None)
             raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Release what the matching ``__enter__`` acquired (and end its span)."""
-        if self._spans:
-            otel.exit_lock(self, exc)
-        else:
-            self._give_back()
-
-    def _give_back(self) -> None:
-        """Release what the latest ``_take`` acquired.
+        """Release what the matching ``__enter__`` acquired, then end its span if it has one.
 
         An exception that a signal handler raises as the release starts (the
         first line of ``_release``, say) would leave the lock held: the
@@ -141,6 +134,8 @@ class Lock:
             raise
         finally:
             del self._taken[-1]
+            if self._spans:
+                otel.exit_lock(self, exc)
 
     def __repr__(self) -> str:
         """Show what is locked."""

@@ -194,7 +194,7 @@ class Hooks:
             _held(tracer, span, None if nested else WAIT_NAMES[mode], ctrl._rank, lock._take, lock._spans, depth)
         except BaseException:
             if len(lock._taken) > depth:  # taken: the exception came after the grant
-                lock._give_back()
+                lock.__exit__(None, None, None)
             raise
         return True
 
@@ -236,15 +236,13 @@ def _held(
 
 
 def exit_lock(lock: Lock, error: BaseException | None) -> None:
-    """Release ``lock`` and end the span its ``__enter__`` made (``error``: what leaves the ``with`` block)."""
+    """End the span of the ``with`` block of ``lock`` that was just released (``error``: what leaves the block).
+
+    Called by ``Lock.__exit__`` after the release, so nothing here can keep a
+    lock held.  A block entered without a span (tracing was off then) ends none.
+    """
     stack = lock._spans
-    assert stack is not None
-    if stack[-1][2] != len(lock._taken) - 1:  # this level was entered without a span
-        lock._give_back()
-        return
-    try:
-        lock._give_back()
-    finally:
+    if stack and stack[-1][2] == len(lock._taken):
         _close(stack, error)
 
 
