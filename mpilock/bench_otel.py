@@ -22,7 +22,9 @@ a random order, ``rounds`` rounds:
 Rank 0 prints per state the median over rounds of the mean time per lock,
 and per traced state the median over rounds of its ratio to ``off`` in the
 same round (a round shares the machine's state), with the quartiles of that
-ratio to show the noise.  The ``sdk`` and ``batch`` rows need
+ratio to show the noise, then what the ``noop`` state adds to a lock timed
+on its own (:func:`hook_alone`), a figure the noise of a shared machine
+cannot hide.  The ``sdk`` and ``batch`` rows need
 ``opentelemetry-sdk``; without ``opentelemetry-api`` only ``off`` is measured.
 """
 
@@ -121,15 +123,39 @@ def measure(ctrl: WindowController, rounds: int, count: int, seed: int = 20) -> 
                     switch()
                     means[name].append(timed_writes(ctrl, count))
                     after()
+            if otel.AVAILABLE:
+                means["hook"] = hook_alone(ctrl, rounds, count * 10)
         finally:
             otel.configure(enabled=otel.AVAILABLE)
     quiet_barrier()
     return means
 
 
+def hook_alone(ctrl: WindowController, rounds: int, count: int) -> list[float]:
+    """Seconds per call of what ``write()`` runs with the API and the no-op provider, and not without: the hook.
+
+    ``Lock.__enter__`` asks :data:`mpilock.otel.HOOKS` for spans, which finds
+    the no-op provider and declines (``__exit__`` only tests a slot).  Timed
+    alone, it is the no-op state's cost without the noise of a lock around it.
+    """
+    otel.configure()
+    lock = ctrl.write()
+    hooks = otel.HOOKS
+    assert hooks is not None
+    enter = hooks.enter_lock
+    means: list[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(count):
+            enter(lock)
+        means.append((time.perf_counter() - start) / count)
+    return means
+
+
 def report(means: dict[str, list[float]]) -> list[str]:
     """Lines of the table: per state the median time per lock, its ratio to ``off`` and that ratio's quartiles."""
     off = means["off"]
+    hook = means.pop("hook", None)
     lines = [f"{'state':<6} {'per lock':>10} {'vs off':>8} {'ratio p25..p75':>16} {'extra per lock':>15}"]
     for name, values in means.items():
         median = statistics.median(values)
@@ -142,6 +168,10 @@ def report(means: dict[str, list[float]]) -> list[str]:
         spread = f"{(low - 1) * 100:+.1f}..{(high - 1) * 100:+.1f}%"
         cost = f"{(mid - 1) * 100:+.1f}%"
         lines.append(f"{name:<6} {median * 1e6:>8.1f} us {cost:>8} {spread:>16} {extra * 1e6:>12.1f} us")
+    if hook is not None:
+        alone = statistics.median(hook)
+        share = alone / statistics.median(off)
+        lines.append(f"the no-op state's hook timed alone: {alone * 1e9:.0f} ns per lock, {share * 100:.2f} % of off")
     return lines
 
 

@@ -167,7 +167,11 @@ class Hooks:
         exception), the lock is released before the exception goes on, as
         ``Lock.__enter__`` does; every span made is ended either way.
         """
-        tracer = self.tracer()
+        provider = self._explicit  # self.tracer(), inlined: every lock runs this, traced or not
+        if provider is None:
+            provider = _trace._TRACER_PROVIDER if _GLOBAL_SLOT else _trace.get_tracer_provider()
+        cache = self._cache
+        tracer = cache[1] if provider is cache[0] else self._refresh(provider)
         if tracer is None:
             return False
         ctrl, mode, keys = lock._ctrl, lock._mode, lock._keys
@@ -208,11 +212,12 @@ def _held(
     the error recorded (the caller gives back what ``take`` took).
     """
     pushed = len(stack)
+    inside = _trace.set_span_in_context(span)
     try:
         if wait is None:
             result = take()
         else:
-            waiting = tracer.start_span(wait, _trace.set_span_in_context(span), attributes={"mpi.rank": rank})
+            waiting = tracer.start_span(wait, inside, attributes={"mpi.rank": rank})
             try:
                 result = take()
             except BaseException as error:
@@ -222,7 +227,7 @@ def _held(
                 waiting.end()
         record: _Record = [span, None, depth]
         stack.append(record)
-        record[1] = _context.attach(_trace.set_span_in_context(span))
+        record[1] = _context.attach(inside)
         return result
     except BaseException as error:
         if len(stack) > pushed:
