@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from mpi4py import MPI
 
-from . import lifecycle
+from . import lifecycle, otel
 from .checks import check_args, rank_index, timeout_seconds
 from .errors import ClosedError, LimitError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
@@ -78,7 +78,7 @@ class Lock:
     checked when it was made.
     """
 
-    __slots__ = ("_ctrl", "_keys", "_limit", "_mode", "_site", "_taken", "_timeout")
+    __slots__ = ("_ctrl", "_keys", "_limit", "_mode", "_site", "_spans", "_taken", "_timeout")
 
     def __init__(
         self, ctrl: WindowController, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int
@@ -91,9 +91,17 @@ class Lock:
         self._timeout = timeout
         self._site = site
         self._taken: list[Taken] = []
+        self._spans: list[Any] | None = None
+        """The OpenTelemetry spans of this lock's open ``with`` blocks (:mod:`.otel`), innermost last."""
 
     def __enter__(self) -> None:
-        """Acquire (or nest inside what this rank already holds).
+        """Acquire (or nest inside what this rank already holds), in spans if OpenTelemetry is on (:mod:`.otel`)."""
+        hooks = otel.HOOKS
+        if hooks is None or not hooks.enter_lock(self):
+            self._take()
+
+    def _take(self) -> None:
+        """Acquire.
 
         An exception that a signal handler raises just after the lock was
         taken (Python checks for them as ``append`` returns) would leave the
@@ -110,7 +118,7 @@ class Lock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Release what the matching ``__enter__`` acquired.
+        """Release what the matching ``__enter__`` acquired, then end its span if it has one.
 
         An exception that a signal handler raises as the release starts (the
         first line of ``_release``, say) would leave the lock held: the
@@ -126,6 +134,8 @@ class Lock:
             raise
         finally:
             del self._taken[-1]
+            if self._spans:
+                otel.exit_lock(self, exc)
 
     def __repr__(self) -> str:
         """Show what is locked."""

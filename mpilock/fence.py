@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
 import cloudpickle
 
+from . import otel
 from .errors import FencedSignal, FenceError
 from .nesting import LOCAL, Taken
 from .server import frames
@@ -94,6 +96,8 @@ class Fence(Generic[Target]):
         """The payload as collected, kept until it unpickled (so a failed collect can be retried)."""
         self._shared: Any = _UNSET
         self._taken: Taken = LOCAL
+        self._otel: list[Any] | None = None
+        """The writer's open OpenTelemetry span (:mod:`.otel`)."""
 
     # -- the user API --------------------------------------------------------
     def guard(self) -> None:
@@ -124,6 +128,9 @@ class Fence(Generic[Target]):
         raises :class:`FenceError` on every rank, the writer and ranks that
         collected before included.
         """
+        return otel.collect(self, self._collect) if otel.HOOKS is not None else self._collect()
+
+    def _collect(self) -> Any:
         if not self._ended:
             raise FenceError("collect() must be called after the single_write block")
         if self._status == FenceStatus.FAILED:
@@ -153,6 +160,9 @@ class Fence(Generic[Target]):
     # -- the with block ------------------------------------------------------
     def __enter__(self) -> Target:
         """Writer: take the write lock. Everyone: return the ``as`` target."""
+        return otel.enter_fence(self, self._enter) if otel.HOOKS is not None else self._enter()
+
+    def _enter(self) -> Target:
         if self._used:  # on every rank alike, before anything reaches the server
             raise FenceError(
                 f"fence {self.number} was entered already; a fence is used once: call single_write() again"
@@ -176,6 +186,11 @@ class Fence(Generic[Target]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         """Writer: publish the outcome and release. Others: wait for the writer."""
+        if otel.HOOKS is not None or self._otel is not None:
+            return otel.exit_fence(self, partial(self._exit, exc), exc)
+        return self._exit(exc)
+
+    def _exit(self, exc: BaseException | None) -> bool:
         self._inside = False
         if self.access:
             return self._exit_writer(exc)
