@@ -2942,63 +2942,6 @@ static PyObject *mod_wake_disarm(PyObject *mod, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-typedef struct {
-    PyObject_HEAD uint32_t *word;
-} WakerObject;
-
-static int Waker_init(WakerObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"name", NULL};
-    const char *name;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s", kwlist, &name))
-        return -1;
-    if (self->word) {
-        PyErr_SetString(PyExc_RuntimeError, "Waker initialized twice");
-        return -1;
-    }
-    self->word = wake_map(name, 0);
-    if (!self->word) {
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
-        return -1;
-    }
-    return 0;
-}
-
-static void Waker_dealloc(WakerObject *self)
-{
-    if (self->word)
-        munmap(self->word, WAKE_BYTES);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *Waker_poke(WakerObject *self, PyObject *unused)
-{
-    (void)unused;
-    return PyBool_FromLong(self->word && wake_poke(self->word));
-}
-
-static PyObject *Waker_asleep(WakerObject *self, PyObject *unused)
-{
-    (void)unused;
-    return PyBool_FromLong(self->word && __atomic_load_n(self->word, __ATOMIC_SEQ_CST) == 1);
-}
-
-static PyMethodDef Waker_methods[] = {
-    {"poke", (PyCFunction)Waker_poke, METH_NOARGS,
-     "Wake the server if it sleeps (call after sending it a request); True if it slept."},
-    {"asleep", (PyCFunction)Waker_asleep, METH_NOARGS, "Whether the server's word says it sleeps."},
-    {NULL, NULL, 0, NULL}};
-
-static PyTypeObject WakerType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Waker",
-    .tp_basicsize = sizeof(WakerObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Waker(name): a client's mapping of a serving process's wake word.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Waker_init,
-    .tp_dealloc = (destructor)Waker_dealloc,
-    .tp_methods = Waker_methods,
-};
 
 typedef struct {
     PyObject_HEAD uint32_t *base;
@@ -3041,8 +2984,8 @@ static void Words_dealloc(WordsObject *self)
 
 static uint32_t *words_at(WordsObject *self, PyObject *args)
 {
-    int rank;
-    if (!PyArg_ParseTuple(args, "i", &rank))
+    int rank = 0;
+    if (!PyArg_ParseTuple(args, "|i", &rank))
         return NULL;
     if (!self->base || rank < 0 || rank >= self->count) {
         PyErr_SetString(PyExc_IndexError, "no word for that rank");
@@ -3055,6 +2998,12 @@ static PyObject *Words_poke(WordsObject *self, PyObject *args)
 {
     uint32_t *word = words_at(self, args);
     return word ? PyBool_FromLong(wake_poke(word)) : NULL;
+}
+
+static PyObject *Words_asleep(WordsObject *self, PyObject *args)
+{
+    uint32_t *word = words_at(self, args);
+    return word ? PyBool_FromLong(__atomic_load_n(word, __ATOMIC_SEQ_CST) == 1) : NULL;
 }
 
 static PyObject *Words_arm(WordsObject *self, PyObject *args)
@@ -3101,7 +3050,9 @@ static PyObject *Words_unlink(WordsObject *self, PyObject *unused)
 }
 
 static PyMethodDef Words_methods[] = {
-    {"poke", (PyCFunction)Words_poke, METH_VARARGS, "poke(rank) -> bool: wake that rank's sleeper, if it sleeps."},
+    {"poke", (PyCFunction)Words_poke, METH_VARARGS,
+     "poke(rank=0) -> bool: wake the sleeper of that word, if it sleeps (after sending it a message)."},
+    {"asleep", (PyCFunction)Words_asleep, METH_VARARGS, "asleep(rank=0) -> bool: whether that word says 'asleep'."},
     {"arm", (PyCFunction)Words_arm, METH_VARARGS, "arm(rank): say 'asleep' in the word, before a last test."},
     {"disarm", (PyCFunction)Words_disarm, METH_VARARGS, "disarm(rank): say 'awake' in the word."},
     {"sleep", (PyCFunction)Words_sleep, METH_VARARGS,
@@ -3113,7 +3064,8 @@ static PyTypeObject WordsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Words",
     .tp_basicsize = sizeof(WordsObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Words(name, count, create=False): a channel's client words, one per rank, in POSIX shared memory.",
+    .tp_doc = "Words(name, count, create=False): words in POSIX shared memory, one per rank (a cache line each): "
+              "a channel's client words, or (count 1) a serving process's wake word as its clients map it.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Words_init,
     .tp_dealloc = (destructor)Words_dealloc,
@@ -3176,19 +3128,16 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WakerType) < 0 ||
-        PyType_Ready(&WordsType) < 0)
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WordsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
         return NULL;
     Py_INCREF(&GraphType);
     Py_INCREF(&CoreType);
-    Py_INCREF(&WakerType);
     Py_INCREF(&WordsType);
     if (PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
         PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
-        PyModule_AddObject(m, "Waker", (PyObject *)&WakerType) < 0 ||
         PyModule_AddObject(m, "Words", (PyObject *)&WordsType) < 0) {
         Py_DECREF(m);
         return NULL;

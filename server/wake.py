@@ -166,7 +166,7 @@ def connect(comm: MPI.Intracomm, server: int, name: str | None) -> Connection:
             _say_once("the native module is not built on this rank")
         else:
             try:
-                waker = c.Waker(name)
+                waker = c.Words(name, 1)  # the server's word: poke() wakes it
                 if rank != server:
                     words = c.Words(words_name, comm.Get_size()) if words_name is not None else None
             except OSError as error:
