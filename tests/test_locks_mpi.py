@@ -46,7 +46,8 @@ def test_queued_writer_goes_before_a_later_reader(ctrl, mpi_ranks):
         with ctrl.write():
             start = time.monotonic()
             time.sleep(0.05)
-        times["write"] = (start, time.monotonic())
+            end = time.monotonic()  # inside the lock: after the release is sent, the reader may be in already
+        times["write"] = (start, end)
     elif ctrl.rank == 2:
         COMM.barrier()
         # Wait until the writer is queued: a try-read is then denied (writer priority).
