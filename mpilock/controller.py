@@ -19,8 +19,24 @@ from . import lifecycle, otel
 from .checks import check_args, rank_index, timeout_seconds
 from .errors import ClosedError, LimitError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
+from .guard import Guard
 from .link import Answer, Link, Watcher
-from .nesting import LOCAL, Taken
+from .nesting import (
+    ASKED,
+    DONE,
+    DOWNGRADED,
+    GIVEN,
+    LOCAL,
+    OPEN,
+    PRIOR,
+    RELEASED,
+    REREAD,
+    STATE,
+    TAKEN,
+    UNDONE,
+    Step,
+    Taken,
+)
 from .report import LongWait
 from .server import keys as keyspace
 from .server import wake, wire
@@ -70,15 +86,23 @@ def _encode_keys(keys: tuple[Any, ...]) -> tuple[bytes, ...]:
     return encoded
 
 
-class Lock:
+class Lock(Guard):
     """A lock of a controller, taken for the duration of a ``with`` block.
 
     Returned by :meth:`WindowController.read`, :meth:`~WindowController.write`
     and :meth:`~WindowController.bounded`; the keys and the timeout were
     checked when it was made.
+
+    An exception that a signal handler raises anywhere in ``__enter__`` or
+    ``__exit__`` leaves nothing behind: ``__enter__`` and ``__exit__`` are C
+    methods (:mod:`mpilock.guard`) that undo an acquire an exception cut short
+    (its request withdrawn, a raced grant handed back, a promotion's read taken
+    back) or finish a release, before the exception goes on.  Each acquire keeps
+    its progress in a step (:mod:`mpilock.nesting`), so that doing so again
+    after being cut anywhere is safe.
     """
 
-    __slots__ = ("_ctrl", "_keys", "_limit", "_mode", "_site", "_spans", "_taken", "_timeout")
+    __slots__ = ("_ctrl", "_giving", "_keys", "_limit", "_mode", "_site", "_spans", "_step", "_taken", "_timeout")
 
     def __init__(
         self, ctrl: WindowController, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int
@@ -90,52 +114,71 @@ class Lock:
         self._limit = limit
         self._timeout = timeout
         self._site = site
-        self._taken: list[Taken] = []
+        self._taken: list[Step] = []
+        """The steps of this lock's open ``with`` blocks, innermost last."""
+        self._step: Step | None = None
+        """The step of the acquire under way (or the last one)."""
+        self._giving: Step | None = None
+        """The step whose release ``__exit__`` is finishing."""
         self._spans: list[Any] | None = None
         """The OpenTelemetry spans of this lock's open ``with`` blocks (:mod:`.otel`), innermost last."""
 
-    def __enter__(self) -> None:
+    def _take(self) -> None:
         """Acquire (or nest inside what this rank already holds), in spans if OpenTelemetry is on (:mod:`.otel`)."""
         hooks = otel.HOOKS
         if hooks is None or not hooks.enter_lock(self):
-            self._take()
+            self._acquire()
 
-    def _take(self) -> None:
-        """Acquire.
+    def _acquire(self) -> None:
+        """Acquire and push the step on this lock's stack."""
+        step = [OPEN, [], {}, None, None, False, False]  # new_step() inlined: a literal calls nothing
+        self._step = step
+        taken = self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site, step)
+        stack = self._taken
+        depth = len(stack)
+        step[TAKEN] = taken
+        stack[depth:] = (step,)  # pushed and marked done with no bytecode in between where a handler runs
+        step[STATE] = DONE
 
-        An exception that a signal handler raises just after the lock was
-        taken (Python checks for them as ``append`` returns) would leave the
-        block without ``__exit__``: the lock is released before it goes on.
+    def _undo(self) -> None:
+        """Undo what the failed ``__enter__`` did so far (called again if cut short).
+
+        Its acquire is withdrawn if it was under way, or released if it had
+        completed (an exception after the grant, an OpenTelemetry hook's, say).
         """
-        depth = len(self._taken)
-        try:
-            self._taken.append(self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site))
-        except BaseException:
-            if len(self._taken) > depth:  # taken: the exception came after
-                self.__exit__(None, None, None)
-            raise
+        step = self._step
+        if step is None:
+            return
+        if step[STATE] == OPEN:
+            self._ctrl._undo(step)
+            step[STATE] = UNDONE
+        elif step[STATE] == DONE:
+            self._ctrl._release(step)
+            stack = self._taken
+            last = len(stack) - 1
+            if last >= 0 and stack[last] is step:
+                del stack[last]  # popped and marked given with no bytecode in between where a handler runs
+            step[STATE] = GIVEN
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Release what the matching ``__enter__`` acquired, then end its span if it has one.
-
-        An exception that a signal handler raises as the release starts (the
-        first line of ``_release``, say) would leave the lock held: the
-        release is finished first (it is idempotent), then the exception goes on.
-        """
-        if not self._taken:
-            raise MpilockError(f"{self!r} was not entered: __exit__ has no acquire to undo")
-        taken = self._taken[-1]  # a subscript, not a call: no signal handler runs here
-        try:
-            self._ctrl._release(taken)
-        except BaseException:
-            self._ctrl._release(taken)
-            raise
-        finally:
-            del self._taken[-1]
-            if self._spans:
-                otel.exit_lock(self, exc)
+    def _give(self, exc: BaseException | None) -> BaseException | None:
+        """Release what the matching ``__enter__`` acquired, then end its span; return a misuse error, if any."""
+        step = self._giving
+        if step is None:
+            stack = self._taken
+            if not stack:
+                return MpilockError(f"{self!r} was not entered: __exit__ has no acquire to undo")
+            step = stack[-1]
+            self._giving = step
+        if step[STATE] == DONE:
+            self._ctrl._release(step)
+            stack = self._taken
+            last = len(stack) - 1
+            del stack[last]  # popped and marked given with no bytecode in between where a handler runs
+            step[STATE] = GIVEN
+        if self._spans:
+            otel.exit_lock(self, exc)
+        self._giving = None
+        return None
 
     def __repr__(self) -> str:
         """Show what is locked."""
@@ -369,15 +412,19 @@ class WindowController:
         return result
 
     # -- acquiring and releasing -------------------------------------------------------
-    def _acquire(self, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int) -> Taken:
+    def _acquire(
+        self, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int, step: Step
+    ) -> Taken:
+        """Acquire ``keys`` in ``mode``, noting in ``step`` what was held before and every request sent."""
         self._check_use()
         held = self._held
+        step[PRIOR] = {k: held.get(k) for k in keys}
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:
                 if mode == SLOT:  # before the request: held implies its limit is noted
                     self._limits[keys[0]] = limit
-                self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode)
+                self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode, step=step)
                 return keys, ()
             if mode == SLOT and self._limits.get(keys[0]) != limit:
                 raise LimitError(
@@ -392,64 +439,92 @@ class WindowController:
         if not promote:
             if not need:
                 return LOCAL
-            self._request(_OPS[mode], need, 0, limit, timeout, site, mode=mode)
+            self._request(_OPS[mode], need, 0, limit, timeout, site, mode=mode, step=step)
             return need, ()
-        return self._promote(need, promote, timeout, site)
+        return self._promote(need, promote, timeout, site, step)
 
-    def _promote(self, need: tuple[bytes, ...], promote: tuple[bytes, ...], timeout: float | None, site: int) -> Taken:
+    def _promote(
+        self, need: tuple[bytes, ...], promote: tuple[bytes, ...], timeout: float | None, site: int, step: Step
+    ) -> Taken:
         """Write inside read: upgrade ``promote`` in place if this rank is their only reader, else release and wait.
 
-        ``need`` are further keys of the same request that this rank does not hold.
+        ``need`` are further keys of the same request that this rank does not
+        hold.  If anything fails, :meth:`_undo` puts the read locks back (a
+        cancel turns an upgrade back into the read it was; a read released
+        for the wait is asked for again).
         """
         held = self._held
-        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False, mode=WRITE, prior=READ):
+        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False, mode=WRITE, step=step):
             if need:
-                try:
-                    self._request(Op.WRITE, need, 0, 0, timeout, site, mode=WRITE)
-                except BaseException:
-                    self._send(Op.DOWNGRADE, promote)
-                    held.update(dict.fromkeys(promote, READ))
-                    raise
+                self._request(Op.WRITE, need, 0, 0, timeout, site, mode=WRITE, step=step)
             return need, promote
         if timeout == 0.0:  # a try never blocks: the read stays
             raise LockTimeout(f"rank {self._rank} could not promote its read lock to the write lock at once")
-        self._send(Op.RELEASE, promote)
+        reread = [promote, [], site, False]
+        step[REREAD] = reread
+        self._send(Op.RELEASE, promote, reread, 3)
         any(map(held.__delitem__, promote))
-        try:
-            self._request(Op.WRITE, need + promote, 0, 0, timeout, site, mode=WRITE)
-        except BaseException:
-            self._request(Op.READ, promote, 0, 0, None, site, mode=READ)  # the outer read lock is held again
-            raise
+        self._request(Op.WRITE, need + promote, 0, 0, timeout, site, mode=WRITE, step=step)
         return need, promote
 
-    def _release(self, taken: Taken) -> None:
+    def _undo(self, step: Step) -> None:
+        """Undo an acquire that an exception cut short: withdraw its requests, take back a read, restore the table.
+
+        Safe to call again after being cut anywhere: a request is crossed off
+        only once its withdrawal is confirmed, and a cancel of a request the
+        server already forgot is answered all the same.
+        """
+        asked = step[ASKED]
+        while asked:
+            seq, request = asked[-1]
+            self._withdraw(seq, request)
+            del asked[-1]
+        reread = step[REREAD]
+        if reread is not None and reread[3]:
+            keys, again, site, _ = reread
+            while again:  # an earlier try of this undo asked for the read already
+                seq, request = again[-1]
+                self._withdraw(seq, request)
+                del again[-1]
+            self._request(Op.READ, keys, 0, 0, None, site, step=[OPEN, again])
+            reread[3] = False  # taken back: no bytecode between the grant's return and this store
+        held = self._held
+        for key, mode in step[PRIOR].items():
+            if mode is None:
+                held.pop(key, None)
+            else:
+                held[key] = mode
+
+    def _release(self, step: Step) -> None:
+        """Release what ``step`` acquired (idempotent: each message goes once, marked just before it goes)."""
+        taken = step[TAKEN]
         if taken is LOCAL or self._closed:
             return
         need, promote = taken
         held = self._held
-        # Forget a key only after its release is sent (so that an interrupted release can be finished by
-        # calling this again), and with no call in between (no signal handler can run between the two).
         if need:
-            if len(need) == 1:
-                key = need[0]
-                if key in held:
-                    self._send(Op.RELEASE, need)
-                    del held[key]
-                    self._limits.pop(key, None)
-            else:
+            if not step[RELEASED]:
                 mine = tuple(k for k in need if k in held)
                 if mine:
-                    self._send(Op.RELEASE, mine)
-                    any(map(held.__delitem__, mine))  # in C, all at once: a Python loop could be interrupted
+                    self._send(Op.RELEASE, mine, step, RELEASED)
+                step[RELEASED] = True
+            for key in need:
+                held.pop(key, None)
+                self._limits.pop(key, None)
         if promote:  # back to the read lock the outer block holds
-            mine = tuple(k for k in promote if held.get(k) == WRITE)
-            if mine:
-                self._send(Op.DOWNGRADE, mine)
-                held.update(dict.fromkeys(mine, READ))
+            if not step[DOWNGRADED]:
+                mine = tuple(k for k in promote if held.get(k) == WRITE)
+                if mine:
+                    self._send(Op.DOWNGRADE, mine, step, DOWNGRADED)
+                step[DOWNGRADED] = True
+            for key in promote:
+                if key in held:
+                    held[key] = READ
 
-    def _send(self, op: Op, keys: tuple[bytes, ...]) -> None:
+    def _send(self, op: Op, keys: tuple[bytes, ...], mark: list[Any] | None = None, slot: int = 0) -> None:
+        """Send a request that gets no reply; ``mark[slot]`` is set true just as it goes (see :meth:`Link.send`)."""
         area, flags, payload = wire.key_area(keys, 0)
-        self._link.send(op, flags, 0, payload, area=area)
+        self._link.send(op, flags, 0, payload, area=area, mark=mark, slot=slot)
 
     def _request(
         self,
@@ -463,22 +538,25 @@ class WindowController:
         fail: bool = True,
         mode: int | None = None,
         prior: int | None = None,
+        step: Step | None = None,
     ) -> bool:
         """Ask the server for ``keys`` and wait for the grant; if not granted, ``False`` or ``LockTimeout`` (``fail``).
 
         A grant records ``keys`` as held in ``mode`` (if given) before this
-        returns.  Any exception that leaves the wait or comes before that
-        record is complete (a timeout, a signal handler's
-        ``KeyboardInterrupt``, ...) withdraws the request, handing back a
-        grant that raced it, and puts ``keys`` back as they were (``prior``:
-        not held, or held in that mode).  ``arg`` is the fence number of
-        FENCE_BEGIN.
+        returns.  With ``step``, the request is noted in ``step[ASKED]`` before
+        it is sent and crossed off if it ends without a grant, so that an
+        exception anywhere leaves :meth:`_undo` what to withdraw.  Without
+        one, an exception withdraws the request here, handing back a grant that
+        raced it, and puts ``keys`` back as they were (``prior``: not held, or
+        held in that mode).  ``arg`` is the fence number of FENCE_BEGIN.
         """
         if timeout == 0.0:
             flags |= _TRY
         request = wire.key_area(keys, flags) if keys is not _DEFAULT else (b"", flags, None)
         area, flags, payload = request
         seq = self._link.reserve()
+        if step is not None:
+            step[ASKED].append((seq, request))
         try:  # from before the send: an exception right after it still withdraws (a CANCEL of a request
             # the server never saw is answered CANCELLED all the same)
             self._link.send(op, flags | arg, limit, payload, seq=seq, area=area, site=site)
@@ -490,14 +568,19 @@ class WindowController:
                     self._record(keys, mode)
                 return True
         except MpilockError:
+            if step is not None:
+                del step[ASKED][-1]
             raise  # the server answered with an error: it kept nothing of the request
         except BaseException:
-            self._withdraw(seq, request)
-            if mode is not None:
-                self._record(keys, prior)
+            if step is None:
+                self._withdraw(seq, request)
+                if mode is not None:
+                    self._record(keys, prior)
             raise
         if answer is None:
             self._withdraw(seq, request)
+        if step is not None:
+            del step[ASKED][-1]  # denied, or withdrawn: nothing left to undo
         if not fail:
             return False
         names = ", ".join(keyspace.describe(k) for k in keys)
@@ -549,13 +632,22 @@ class WindowController:
         where = next((_site_text(*w) for w, s in self._sites.items() if s == site), "?") if site else "?"
         return f"{_OP_MODE[op]} {', '.join(keyspace.describe(k) for k in keys)} (asked at {where})"
 
-    def _fence_acquire(self, number: int, site: int) -> Taken:
+    def _fence_acquire(self, number: int, site: int) -> Step:
         """Take the default write lock as the writer of fence ``number`` (which also enters the fence)."""
         self._check_use()
-        if keyspace.DEFAULT not in self._held:
-            self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number, mode=WRITE)
-            return _DEFAULT, ()
-        return self._acquire(_DEFAULT, WRITE, 0, None, site)
+        step: Step = [OPEN, [], {}, None, None, False, False]
+        try:
+            if keyspace.DEFAULT not in self._held:
+                step[PRIOR] = {keyspace.DEFAULT: None}
+                self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number, mode=WRITE, step=step)
+                step[TAKEN] = (_DEFAULT, ())
+            else:
+                step[TAKEN] = self._acquire(_DEFAULT, WRITE, 0, None, site, step)
+        except BaseException:
+            self._undo(step)
+            raise
+        step[STATE] = DONE
+        return step
 
     def _holds_default(self) -> bool:
         return keyspace.DEFAULT in self._held

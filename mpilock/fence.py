@@ -11,7 +11,7 @@ import cloudpickle
 
 from . import otel
 from .errors import FencedSignal, FenceError
-from .nesting import LOCAL, Taken
+from .nesting import LOCAL, Step, new_step
 from .server import frames
 from .server.frames import Frames, Payload, joined
 from .server.protocol import FenceStatus, Op
@@ -95,7 +95,7 @@ class Fence(Generic[Target]):
         self._received: Payload | None = None
         """The payload as collected, kept until it unpickled (so a failed collect can be retried)."""
         self._shared: Any = _UNSET
-        self._taken: Taken = LOCAL
+        self._taken: Step = new_step(LOCAL)
         self._otel: list[Any] | None = None
         """The writer's open OpenTelemetry span (:mod:`.otel`)."""
 
@@ -150,10 +150,17 @@ class Fence(Generic[Target]):
         try:
             self._shared = loads(self._received)
         except Exception as err:
-            cause = f"{type(err).__name__}: {err}"
-            raise FenceError(
-                f"could not unpickle the object shared by writer rank {self.writer}: {cause}", self.writer, cause
-            ) from err
+            try:  # an unpickling error happens again; a signal handler's exception does not (it goes on unchanged)
+                loads(self._received)
+            except Exception as again:
+                if type(again) is type(err) and str(again) == str(err):
+                    cause = f"{type(err).__name__}: {err}"
+                    raise FenceError(
+                        f"could not unpickle the object shared by writer rank {self.writer}: {cause}",
+                        self.writer,
+                        cause,
+                    ) from err
+            raise
         self._received = None
         return self._shared
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 import math
 import threading
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mpi4py import MPI
 
 from .errors import DeadlockError, LimitError, MpilockError
-from .server import wake, wire
+from .server import frames, wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
-from .server.frames import Payload, joined
+from .server.frames import Frames, Payload, joined
 from .server.native import PAUSED, drive
-from .server.protocol import HEADER, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .server.protocol import HEADER, TAG_FRAMES, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
+_NOBODY = -12345
+"""The source a receive's status shows until the receive completes (see :meth:`Link._receive`)."""
+KEEP_SENT = 64
+"""Send buffers kept alive after their send started, whatever happens to its request object."""
 DRIVE_INTERVAL = 0.0002
 """Seconds between a paused process's polls of its channels while it waits for an event (see :meth:`Link.wait_for`)."""
 _REPLIES = {int(r): r for r in Reply}
@@ -86,6 +92,9 @@ class Link:
         self._recv = comm.Recv_init([self._header, MPI.BYTE], master, TAG_REPLY)
         """One persistent receive for the replies, started when a wait needs it."""
         self._started = False
+        self._rx: list[Any] | None = None
+        """The payload of the reply in ``_header`` as it arrives: ``[seq, pieces, done, status, payload, buffers]``."""
+        self._kept: deque[Any] = deque(maxlen=KEEP_SENT)
 
     def reserve(self) -> int:
         """Return the sequence number of a request about to be sent (``send(..., seq=reserve())``)."""
@@ -101,17 +110,40 @@ class Link:
         seq: int | None = None,
         area: bytes = b"",
         site: int = 0,
+        mark: list[Any] | None = None,
+        slot: int = 0,
     ) -> int:
-        """Send a request (with key ``area`` and acquire ``site``) without waiting; return its sequence number."""
+        """Send a request (with key ``area`` and acquire ``site``) without waiting; return its sequence number.
+
+        The message and its payload go out whole or not at all: one ``Isend``,
+        or persistent sends started by one ``Startall``.  Python runs a signal
+        handler only between bytecodes, never inside a C call, so an exception
+        it raises cannot split them.  With ``mark``, ``mark[slot]`` is set to
+        true just before that call, with no bytecode in between where a handler
+        could run: true means the request went out (see
+        :class:`mpilock.controller.Lock`).
+        """
         if seq is None:
             self._seq += 1
             seq = self._seq
-        sends = self._sends
-        wire.isend(self.comm, self.master, TAG_REQUEST, op, seq, arg, aux, payload, sends, area, site)
+        parts = wire.request_parts(self.comm, self.master, op, seq, arg, aux, payload, area, site)
+        self._kept.append(parts)  # its buffers outlive a request object a signal made us drop
+        comm, master = self.comm, self.master
+        if len(parts) == 1:
+            message = parts[0][0]
+            if mark is not None:
+                mark[slot] = True
+            self._sends.append((comm.Isend(message, master, TAG_REQUEST), message))
+        else:
+            group = [comm.Send_init(buffer, master, tag) for buffer, tag in parts]
+            self._sends.append((group, parts))
+            if mark is not None:
+                mark[slot] = True
+            MPI.Prequest.Startall(group)
         if self._poke is not None:
             self._poke()
-        if len(sends) >= wire.REAP_AFTER:
-            self._sends = wire.reap(sends)
+        if len(self._sends) >= wire.REAP_AFTER:
+            self._sends = wire.reap(self._sends)
         return seq
 
     def wait(
@@ -131,10 +163,14 @@ class Link:
         :class:`Watcher` that questions the server while the wait lasts.
 
         An exception raised while this waits (a signal handler's, say) leaves
-        the link usable: the receive is marked started just before it is
-        started (a Test of a receive that never started reads code 0, which is
-        skipped) and finished just before its reply is read, so at worst one
-        reply is lost, and the caller's cancel recovers a lost grant.
+        the link usable and loses no message: the receive is marked started
+        just before it is started (a Test of a receive that never started
+        reads code 0, which is skipped), and marked finished only as the reply,
+        payload and all, is handed back (until then a Test of the finished
+        receive reads the same header again, and the payload goes on arriving
+        where it stopped, :meth:`_payload`).  A reply handed back is the
+        caller's: if an exception loses it there, a grant is handed back by the
+        caller's cancel, and a question is asked again.
         """
         backoff: Backoff | None = None
         watch: Watcher | None = None
@@ -147,10 +183,9 @@ class Link:
                 self._started = True
                 recv.Start()
             if recv.Test():
-                self._started = False
                 if sleeper is not None:
                     sleeper.done()
-                answer = self._take()
+                answer = self._take()  # marks the receive finished as it returns
                 if answer is None:
                     continue
                 if answer.seq == seq:
@@ -209,10 +244,71 @@ class Link:
         return answer
 
     def _take(self) -> Answer | None:
+        """Read the reply in the header buffer and its payload; mark the receive finished as it returns."""
         code, seq, arg, aux, nbytes, _, _ = HEADER.unpack_from(self._header)
         if not code:
+            self._started = False
             return None
-        return Answer(_REPLIES[code], seq, arg, aux, wire.recv_payload(self.comm, self.master, nbytes))
+        payload = self._payload(seq, nbytes) if nbytes else None
+        answer = Answer(_REPLIES[code], seq, arg, aux, payload)
+        self._rx = None  # these three statements run without a bytecode where a handler could run
+        self._started = False
+        return answer
+
+    def _payload(self, seq: int, nbytes: int) -> Payload:
+        """Receive the payload of reply ``seq`` (``nbytes`` as its header says); resumable.
+
+        An exception that cuts this short leaves the progress in ``_rx``: the
+        next call goes on with the message it had not yet received.  Each
+        message is one ``Recv`` into a buffer kept in ``_rx``, and a status
+        whose source is set to :data:`_NOBODY` before and read after tells
+        whether a ``Recv`` cut short by an exception had completed.
+        """
+        kept = self._rx
+        if kept is None or kept[0] != seq:
+            status = MPI.Status()
+            status.source = _NOBODY
+            kept = [seq, None, 0, status, None, None]
+            self._rx = kept
+        rx: list[Any] = kept
+        if rx[4] is None:
+            if nbytes > 0:
+                if rx[1] is None:
+                    rx[1] = [([bytearray(nbytes), MPI.BYTE], TAG_PAYLOAD)]
+                self._receive(rx)
+                rx[4] = bytes(rx[1][0][0][0])
+            elif self.master == self.comm.Get_rank():
+                local = frames.local_queue(self.comm, TAG_REPLY)
+                handed: Frames = local[0]
+                rx[4] = handed  # taking it and noting it taken: no bytecode in between where a handler runs
+                del local[0]
+                rx[4] = frames.own(handed)
+            else:
+                if rx[1] is None:
+                    rx[1] = [([array("q", bytes(8 * (1 - nbytes))), MPI.INT64_T], TAG_FRAMES)]
+                self._receive(rx, 1)
+                if rx[5] is None:
+                    chunk, buffers = frames.buffers_of(rx[1][0][0][0], self.master)
+                    pieces = [([piece, MPI.BYTE], TAG_FRAMES) for piece in frames.pieces(buffers, chunk)]
+                    rx[5] = buffers
+                    rx[1] = rx[1][:1] + pieces
+                self._receive(rx)
+                rx[4] = Frames(rx[5])
+        payload: Payload = rx[4]
+        return payload
+
+    def _receive(self, rx: list[Any], upto: int | None = None) -> None:
+        """Receive the messages of ``rx`` not yet received (up to message ``upto``), one blocking Recv each."""
+        pieces, status, master, comm = rx[1], rx[3], self.master, self.comm
+        if status.source == master:  # an exception came right after a Recv completed: count it
+            rx[2] += 1
+            status.source = _NOBODY
+        end = len(pieces) if upto is None else upto
+        while rx[2] < end:
+            buffer, tag = pieces[rx[2]]
+            comm.Recv(buffer, master, tag, status)
+            rx[2] += 1  # these two statements run without a bytecode where a handler could run
+            status.source = _NOBODY
 
     def reap(self) -> None:
         """Complete the sends that have finished, releasing their buffers (a shared payload's, say)."""
@@ -220,8 +316,9 @@ class Link:
 
     def finish(self) -> None:
         """Complete every send still in flight (before the communicator is freed)."""
-        MPI.Request.Waitall([r for r, _ in self._sends])
+        wire.wait_all(self._sends)
         self._sends.clear()
+        self._kept.clear()
         if self._started:  # a reply nobody waits for any more (never after a CLOSE reply)
             self._recv.Cancel()
             self._recv.Wait()

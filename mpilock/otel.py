@@ -194,13 +194,8 @@ class Hooks:
             lock._spans = []
         depth = len(lock._taken)
         span = tracer.start_span(SPAN_NAMES[mode], attributes=attributes)
-        try:
-            _held(tracer, span, None if nested else WAIT_NAMES[mode], ctrl._rank, lock._take, lock._spans, depth)
-        except BaseException:
-            if len(lock._taken) > depth:  # taken: the exception came after the grant
-                lock.__exit__(None, None, None)
-            raise
-        return True
+        _held(tracer, span, None if nested else WAIT_NAMES[mode], ctrl._rank, lock._acquire, lock._spans, depth)
+        return True  # on an exception, Lock.__enter__ undoes the acquire (and pops its step) before it goes on
 
 
 def _held(

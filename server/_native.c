@@ -3091,6 +3091,88 @@ static PyObject *mod_set_client_words(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- the guard: __enter__ and __exit__ that no signal handler can split ----------------------------
+ * Python runs signal handlers between bytecodes, never inside a C call.  Guard.__enter__ calls
+ * self._take() (after setting self._step to None); if an exception leaves it (a handler's, or a real error such as a timeout), it calls
+ * self._undo() until one call returns, then raises that first exception.  Guard.__exit__ calls
+ * self._give(exc) until one call returns; a handler's exception that cut a call short is raised once
+ * the release is complete.  _undo and _give are written to be called again after being cut anywhere
+ * (mpilock.controller.Lock).  _give returns None, or an exception to raise (a misuse, not to retry). */
+#define GUARD_TRIES 100000
+static PyObject *s_take, *s_undo, *s_give, *s_step;
+
+/* Call self.name(arg) until a call returns; keep the first exception in *t, *v, *tb (if none kept yet). */
+static PyObject *guard_finish(PyObject *self, PyObject *name, PyObject *arg, PyObject **t, PyObject **v, PyObject **tb)
+{
+    for (long i = 0; i < GUARD_TRIES; i++) {
+        PyObject *r = arg ? PyObject_CallMethodOneArg(self, name, arg) : PyObject_CallMethodNoArgs(self, name);
+        if (r)
+            return r;
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        if (!*t) {
+            *t = et;
+            *v = ev;
+            *tb = etb;
+        } else {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *Guard_enter(PyObject *self, PyObject *unused)
+{
+    if (PyObject_SetAttr(self, s_step, Py_None) < 0) /* no acquire under way yet: _undo has nothing to undo */
+        return NULL;
+    PyObject *r = PyObject_CallMethodNoArgs(self, s_take);
+    if (r)
+        return r;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyObject *undone = guard_finish(self, s_undo, NULL, &t, &v, &tb);
+    Py_XDECREF(undone);
+    PyErr_Restore(t, v, tb);
+    return NULL;
+}
+
+static PyObject *Guard_exit(PyObject *self, PyObject *args)
+{
+    PyObject *exc = PyTuple_GET_SIZE(args) >= 2 ? PyTuple_GET_ITEM(args, 1) : Py_None;
+    PyObject *t = NULL, *v = NULL, *tb = NULL;
+    PyObject *r = guard_finish(self, s_give, exc, &t, &v, &tb);
+    if (t) {
+        Py_XDECREF(r);
+        PyErr_Restore(t, v, tb);
+        return NULL;
+    }
+    if (!r)
+        return PyErr_Format(PyExc_RuntimeError, "mpilock: the release failed %d times", GUARD_TRIES);
+    if (r != Py_None && PyExceptionInstance_Check(r)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(r), r);
+        Py_DECREF(r);
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Guard_methods[] = {
+    {"__enter__", Guard_enter, METH_NOARGS, "Acquire with self._take(); undo with self._undo() if anything leaves it."},
+    {"__exit__", Guard_exit, METH_VARARGS, "Release with self._give(exc), finished whatever interrupts it."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mpilock.server._native.Guard",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Base of a context manager whose __enter__/__exit__ finish or undo their work whatever a signal raises.",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Guard_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"attach", mod_attach, METH_VARARGS, "attach(core, fortran_comm) -> channel id: serve core on that communicator."},
     {"start", mod_start, METH_NOARGS, "Start the service thread if it is not running; True if started."},
@@ -3128,7 +3210,14 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WordsType) < 0)
+    if (PyType_Ready(&GraphType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&WordsType) < 0 ||
+        PyType_Ready(&GuardType) < 0)
+        return NULL;
+    s_take = PyUnicode_InternFromString("_take");
+    s_undo = PyUnicode_InternFromString("_undo");
+    s_give = PyUnicode_InternFromString("_give");
+    s_step = PyUnicode_InternFromString("_step");
+    if (!s_take || !s_undo || !s_give || !s_step)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
@@ -3136,7 +3225,9 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&GraphType);
     Py_INCREF(&CoreType);
     Py_INCREF(&WordsType);
-    if (PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
+    Py_INCREF(&GuardType);
+    if (PyModule_AddObject(m, "Guard", (PyObject *)&GuardType) < 0 ||
+        PyModule_AddObject(m, "Graph", (PyObject *)&GraphType) < 0 ||
         PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObject(m, "Words", (PyObject *)&WordsType) < 0) {
         Py_DECREF(m);

@@ -719,7 +719,5 @@ def lock_table(
             }
             for r in queued
         ]
-        entries.append(
-            {"key": keyspace.describe(key), "limit": state.limit, "holders": holders, "waiters": waiters}
-        )
+        entries.append({"key": keyspace.describe(key), "limit": state.limit, "holders": holders, "waiters": waiters})
     return entries

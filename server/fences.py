@@ -14,9 +14,12 @@ being pending for ``k`` when
 
 * it has been told the outcome of ``k`` and there is nothing to collect
   (the block shared nothing, or it failed), or
-* it collects the payload of ``k``, or
 * it enters a later fence (from then on ``collect()`` on ``k`` is refused on
   the client side, so the server can forget it).
+
+Collecting does not free: a ``collect()`` that an exception (a signal
+handler's) cut short while the payload was on its way asks again and gets the
+payload whole, until the rank enters a later fence.
 
 A record is dropped as soon as no rank is pending.  Because fence ``k + 1``
 cannot end before every rank entered it, at most two records (the payloads of
@@ -111,16 +114,12 @@ class FenceBook:
         return self.advance(rank, fence)
 
     def collect(self, rank: int, seq: int, fence: int) -> list[Send]:
-        """Send ``rank`` the payload of ``fence`` (an ERROR reply if it is gone)."""
+        """Send ``rank`` the payload of ``fence`` (an ERROR reply if it is gone); kept for a collect asked again."""
         record = self.records.get(fence)
         if record is None or rank not in record.pending:
             text = f"fence {fence} has no payload left for rank {rank}".encode()
             return [Send(rank, Reply.ERROR, seq, fence, 0, text)]
-        self._done_with(fence, rank)
-        payload = record.payload
-        if fence not in self.records and payload is not None and not isinstance(payload, bytes):
-            payload.owned = True  # its last use: a receiver in this process may keep the frames
-        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, payload)]
+        return [Send(rank, Reply.PAYLOAD, seq, fence, record.status, record.payload)]
 
     def _finish(self, fence: int) -> list[Send]:
         """Answer everyone parked at ``fence`` once it ended and all ranks arrived."""

@@ -123,7 +123,7 @@ def copied(buffer: Any) -> memoryview:
     return target
 
 
-def _pieces(buffers: list[memoryview], chunk: int) -> Iterator[memoryview]:
+def pieces(buffers: list[memoryview], chunk: int) -> Iterator[memoryview]:
     """Yield the messages of ``buffers``, cut in ``chunk`` bytes, in wire order."""
     for buffer in buffers:
         for start in range(0, buffer.nbytes, chunk):
@@ -135,7 +135,16 @@ _LOCAL: dict[tuple[int, int], deque[Frames]] = {}
 
 
 def _handed_over(comm: MPI.Comm, tag: int) -> Frames:
-    frames = _LOCAL[comm.handle, tag].popleft()
+    return own(_LOCAL[comm.handle, tag].popleft())
+
+
+def local_queue(comm: MPI.Comm, tag: int) -> deque[Frames]:
+    """Return the frames this process sent itself on ``comm`` after headers on ``tag``, in order."""
+    return _LOCAL[comm.handle, tag]
+
+
+def own(frames: Frames) -> Frames:
+    """Make frames handed over in this process the receiver's: shared if the sender gave them up, else copied."""
     if frames.owned:
         frames.owned = False  # from now on the receiver's, and shared by whatever it does with it
         return frames
@@ -168,8 +177,26 @@ def isend(comm: MPI.Comm, dest: int, frames: Frames, pending: Pending, chunk: in
         return
     table = array("q", [chunk, *(b.nbytes for b in frames.buffers)])
     pending.append((comm.Isend([table, MPI.INT64_T], dest, TAG_FRAMES), table))
-    for piece in _pieces(frames.buffers, chunk):
+    for piece in pieces(frames.buffers, chunk):
         pending.append((comm.Isend([piece, MPI.BYTE], dest, TAG_FRAMES), piece))
+
+
+def parts(comm: MPI.Comm, dest: int, frames: Frames, chunk: int) -> list[tuple[list[Any], int]]:
+    """Return the messages :func:`isend` would send, as ``([buffer, datatype], tag)``, to start all at once."""
+    if dest == comm.Get_rank():
+        return []
+    table = array("q", [chunk, *(b.nbytes for b in frames.buffers)])
+    return [([table, MPI.INT64_T], TAG_FRAMES)] + [
+        ([piece, MPI.BYTE], TAG_FRAMES) for piece in pieces(frames.buffers, chunk)
+    ]
+
+
+def buffers_of(table: array[int], source: int) -> tuple[int, list[memoryview]]:
+    """Check a received frame table from ``source``; return its chunk size and new buffers for its frames."""
+    chunk, *sizes = table
+    if chunk <= 0 or any(size < 0 for size in sizes):
+        raise ValueError(f"bad frame table from rank {source}: {table.tolist()}")
+    return chunk, [allocate(size) for size in sizes]
 
 
 def _still_sending(frames: Frames, pending: Pending) -> bool:
@@ -182,10 +209,7 @@ def _still_sending(frames: Frames, pending: Pending) -> bool:
 def _recv_table(comm: MPI.Comm, source: int, count: int) -> tuple[int, list[memoryview]]:
     table = array("q", bytes(8 * (count + 1)))
     comm.Recv([table, MPI.INT64_T], source, TAG_FRAMES)
-    chunk, *sizes = table
-    if chunk <= 0 or any(size < 0 for size in sizes):
-        raise ValueError(f"bad frame table from rank {source}: {table.tolist()}")
-    return chunk, [allocate(size) for size in sizes]
+    return buffers_of(table, source)
 
 
 def recv(comm: MPI.Comm, source: int, tag: int, count: int) -> Frames:
@@ -193,7 +217,7 @@ def recv(comm: MPI.Comm, source: int, tag: int, count: int) -> Frames:
     if source == comm.Get_rank():
         return _handed_over(comm, tag)
     chunk, buffers = _recv_table(comm, source, count)
-    MPI.Request.Waitall([comm.Irecv([piece, MPI.BYTE], source, TAG_FRAMES) for piece in _pieces(buffers, chunk)])
+    MPI.Request.Waitall([comm.Irecv([piece, MPI.BYTE], source, TAG_FRAMES) for piece in pieces(buffers, chunk)])
     return Frames(buffers)
 
 
@@ -218,7 +242,7 @@ class Arrival:
         else:
             chunk, buffers = _recv_table(comm, source, count)
             self.frames = Frames(buffers)
-            self._pieces = _pieces(buffers, chunk)
+            self._pieces = pieces(buffers, chunk)
 
     def test(self) -> bool:
         """Complete the message in flight if it has arrived and post the next; return whether all are here."""

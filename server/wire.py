@@ -16,8 +16,9 @@ from . import frames, keys
 from .frames import Frames, Payload
 from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Flag
 
-Pending = list[tuple[MPI.Request, Any]]
-"""Sends in flight, each with the buffer MPI may still read."""
+Pending = list[tuple[Any, Any]]
+"""Sends in flight, each with the buffer MPI may still read: a request, or a list of persistent requests
+started together (:func:`request_parts`), with their buffers."""
 
 REAP_AFTER = 16
 """Complete finished sends once this many are in flight, even on a busy path."""
@@ -72,6 +73,41 @@ def isend(
         pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
 
 
+def request_parts(
+    comm: MPI.Intracomm,
+    dest: int,
+    code: int,
+    seq: int,
+    arg: int,
+    aux: int,
+    payload: Payload | None,
+    area: bytes = b"",
+    site: int = 0,
+) -> list[tuple[list[Any], int]]:
+    """Return the messages of one request to ``dest``, as ``([buffer, datatype], tag)``, header first.
+
+    They are to be started all at once (see :meth:`mpilock.link.Link.send`).
+    Frames to this very process are handed over now (:func:`frames.announce`).
+    """
+    nbytes = 0
+    if payload is None:
+        pass
+    elif isinstance(payload, Frames):
+        nbytes = frames.announce(comm, dest, TAG_REQUEST, payload, [])
+    else:
+        nbytes = len(payload)
+    if area:
+        message = HEADER.pack(code, seq, arg, aux, nbytes, site, len(area)) + area
+    else:
+        message = HEADER.pack(code, seq, arg, aux, nbytes, site, 0)
+    parts: list[tuple[list[Any], int]] = [([message, MPI.BYTE], TAG_REQUEST)]
+    if isinstance(payload, Frames):
+        parts += frames.parts(comm, dest, payload, frames.SMALL_CHUNK)
+    elif payload:
+        parts.append(([payload, MPI.BYTE], TAG_PAYLOAD))
+    return parts
+
+
 def key_area(encoded: tuple[bytes, ...], flags: int) -> tuple[bytes, int, bytes | None]:
     """Return ``(area, flags, payload)`` that carry ``encoded`` keys: inline, or as the payload if too long."""
     if len(encoded) == 1:
@@ -94,11 +130,23 @@ def request_keys(arg: int, area: bytes, payload: Payload | None) -> tuple[bytes,
 
 
 def reap(pending: Pending) -> Pending:
-    """Return the sends of ``pending`` that are still in flight (one ``Testsome`` for all)."""
-    done = MPI.Request.Testsome([r for r, _ in pending])
-    if not done:
+    """Return the sends of ``pending`` that are still in flight (one ``Testsome`` for all single sends)."""
+    single = [r for r, _ in pending if type(r) is not list]
+    groups = len(single) != len(pending)
+    done = MPI.Request.Testsome(single) if single else None
+    if not done and not groups:
         return pending
-    return [p for p in pending if p[0] != MPI.REQUEST_NULL]
+    return [
+        p for p in pending if (p[0] != MPI.REQUEST_NULL if type(p[0]) is not list else not MPI.Request.Testall(p[0]))
+    ]
+
+
+def wait_all(pending: Pending) -> None:
+    """Complete every send of ``pending``."""
+    MPI.Request.Waitall([r for r, _ in pending if type(r) is not list])
+    for r, _ in pending:
+        if type(r) is list:
+            MPI.Request.Waitall(r)
 
 
 def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int, tag: int = TAG_REPLY) -> Payload | None:

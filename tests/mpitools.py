@@ -19,9 +19,10 @@ Span = tuple[int, str, float, float]
 TIMEOUT = float(os.environ.get("MPILOCK_TEST_TIMEOUT", "60"))
 
 
-def mpi(min_ranks: int = 1, timeout: float = TIMEOUT) -> pytest.MarkDecorator:
-    """Run the test in its own ``mpiexec`` at every rank count >= ``min_ranks``, under a timeout."""
-    return pytest.mark.mpi(ranks=[n for n in RANKS if n >= min_ranks], timeout=timeout)
+def mpi(min_ranks: int = 1, timeout: float = TIMEOUT, max_ranks: int | None = None) -> pytest.MarkDecorator:
+    """Run the test at every rank count from ``min_ranks`` to ``max_ranks`` (default: any), under a timeout."""
+    ranks = [n for n in RANKS if n >= min_ranks and (max_ranks is None or n <= max_ranks)]
+    return pytest.mark.mpi(ranks=ranks, timeout=timeout)
 
 
 class Intervals:

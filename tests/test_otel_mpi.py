@@ -55,7 +55,8 @@ def children(parent: ReadableSpan, name=None) -> list[ReadableSpan]:
     return [
         s
         for s in finished(name)
-        if s.parent is not None and s.parent.span_id == parent.context.span_id
+        if s.parent is not None
+        and s.parent.span_id == parent.context.span_id
         and s.context.trace_id == parent.context.trace_id
     ]
 

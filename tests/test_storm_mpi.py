@@ -1,0 +1,28 @@
+"""A storm of interrupts leaves no lock held, no protocol error, no abort and no lost payload (issue 25).
+
+Each rank's ``SIGALRM`` handler raises at random 50 µs to 2 ms intervals while
+it runs one kind of lock operation in a loop (:mod:`mpilock.storm`); then
+every rank takes every lock in turn with a timeout, ``locks()`` must be empty
+and the server must have logged no protocol error.  Each kind gets a job of
+its own (the handlers strike inside the library).
+"""
+
+import os
+
+import pytest
+from mpitools import mpi
+
+from mpilock import storm
+
+SECONDS = float(os.environ.get("MPILOCK_STORM_SECONDS", "3"))
+
+
+@pytest.mark.parametrize("kind", storm.KINDS)
+@mpi(max_ranks=3, timeout=50)
+@pytest.mark.mpi_isolated
+def test_a_storm_of_interrupts_leaves_nothing_behind(ctrl, mpi_ranks, kind):
+    result, failures = storm.storm(ctrl, kind, SECONDS, seed=mpi_ranks)
+    operations, interrupted, everyone = storm.gather(ctrl, result, failures)
+    assert not everyone, "\n".join(everyone)
+    assert interrupted > 0, "the storm never struck"
+    assert operations > 0, "no operation ever completed under the storm"
