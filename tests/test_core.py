@@ -155,7 +155,7 @@ def test_failed_fence_sends_the_error_text_to_waiters():
     assert core.fences.records == {}  # nobody can collect a failed fence
 
 
-def test_payload_freed_when_every_rank_collected():
+def test_payload_kept_for_a_collect_asked_again_until_every_rank_moved_on():
     core = LockCore(3)
     core.handle(0, Op.FENCE_BEGIN, 1, 0)
     core.handle(0, Op.FENCE_END, 2, 0, FenceStatus.OK_PAYLOAD, b"p" * 100)
@@ -164,10 +164,17 @@ def test_payload_freed_when_every_rank_collected():
         core.handle(rank, Op.FENCE_WAIT, 1, 0)
     assert core.fences.stored_bytes() == 100
     core.handle(0, Op.FENCE_WAIT, 1, 1)  # the writer moving on changes nothing
-    core.handle(1, Op.COLLECT, 2, 0)
+    for rank in (1, 2):
+        core.handle(rank, Op.COLLECT, 2, 0)
+    assert core.fences.stored_bytes() == 100  # a collect() cut short by a signal may ask again
+    again = core.handle(1, Op.COLLECT, 4, 0)
+    assert [(s.code, s.payload) for s in again] == [(Reply.PAYLOAD, b"p" * 100)]
+    core.handle(1, Op.FENCE_BEGIN, 5, 1)  # rank 1 enters the next fence: done with fence 0
     assert core.fences.stored_bytes() == 100
-    core.handle(2, Op.COLLECT, 2, 0)
+    core.handle(2, Op.FENCE_WAIT, 6, 1, 1)
     assert core.fences.stored_bytes() == 0
+    gone = core.handle(2, Op.COLLECT, 7, 0)
+    assert [s.code for s in gone] == [Reply.ERROR]
 
 
 def test_uncollected_payloads_do_not_pile_up():
@@ -206,7 +213,7 @@ def test_close_waits_for_every_rank_and_frees_locks():
         core.handle(0, Op.READ, 3)
 
 
-def test_frame_payloads_count_whole_and_the_last_collect_may_keep_them():
+def test_frame_payloads_count_whole_and_are_never_given_away_by_a_collect():
     from mpilock.server.frames import Frames
 
     core = LockCore(3)
@@ -217,12 +224,10 @@ def test_frame_payloads_count_whole_and_the_last_collect_may_keep_them():
     for rank in (1, 2):
         core.handle(rank, Op.FENCE_WAIT, 1, 0)
     assert core.fences.stored_bytes() == 6 + 1000 + 500
-    first = core.handle(2, Op.COLLECT, 2, 0)
-    assert first[0].payload is payload and not payload.owned  # rank 1 may still collect it
+    for rank in (2, 1, 1):
+        sent = core.handle(rank, Op.COLLECT, 2, 0)
+        assert sent[0].payload is payload and not payload.owned  # kept: a receiver here copies it
     assert core.fences.stored_bytes() == 1506
-    last = core.handle(1, Op.COLLECT, 2, 0)
-    assert last[0].payload is payload and payload.owned  # its last use: a receiver in this process may keep it
-    assert core.fences.stored_bytes() == 0
 
 
 def test_uncollected_frame_payloads_do_not_pile_up_and_are_not_given_away():
