@@ -259,3 +259,19 @@ def test_frames_after_a_refused_table_are_drained_and_a_good_payload_follows(ctr
         fence.share(bytes(range(200)) * 50)
     assert fence.collect() == bytes(range(200)) * 50
     everyone_still_locks(ctrl)
+
+
+@mpi(min_ranks=2)
+def test_a_dedicated_server_refuses_a_broken_sender_and_serves_on(mpi_ranks):
+    """The dedicated server rank runs the same loop in its main thread: the refusal does not end its block."""
+    with mpilock.dedicated(server=0) as ctrl:
+        if ctrl is not None and ctrl.rank == 0:
+            sends = send_raw(ctrl, (TAG_REQUEST, header(nbytes=10)), (TAG_PAYLOAD, b"p" * 100))
+            code, seq, text = read_reply(ctrl)
+            MPI.Request.Waitall(sends)
+            assert (code, seq) == (Reply.ERROR, SEQ) and "payload of 100 bytes, header announced 10" in text, text
+        if ctrl is not None:
+            ctrl.comm.barrier()
+            with ctrl.write(timeout=10):
+                pass
+    COMM.barrier()
