@@ -1456,7 +1456,7 @@ typedef struct Item {
     int kind, channel, rank, op;
     int64_t seq;
     uint8_t *data; /* I_MESSAGE: the message; I_SPECIAL: the keys, packed */
-    int count;
+    int count, truncated; /* I_MESSAGE: bytes received; whether the message was longer than MAX_MESSAGE */
     KeyRef *keys;
     int nkeys;
     Special sp;
@@ -1669,13 +1669,25 @@ static void push_special(Channel *ch, int rank, int op, int64_t seq, const KeyRe
     push_item(it);
 }
 
-/* Handle at most one arrived request of ch (g_lock held); return whether one arrived. */
+/* Handle at most one arrived request of ch (g_lock held); return whether one arrived.  A client's message is
+ * never a reason to die: one too long for the receive (MPI_ERR_TRUNCATE; the communicator returns errors) or
+ * with a header that does not fit it goes to Python, which refuses it (server/intake.py). */
 static int channel_poll(Channel *ch)
 {
-    int flag = 0;
+    int flag = 0, truncated = 0;
     if (ch->finished)
         return 0;
-    mpi_check(MPI_Test(&ch->recv, &flag, &ch->status), "MPI_Test of the request receive failed");
+    ch->status.MPI_ERROR = MPI_SUCCESS;
+    int err = MPI_Test(&ch->recv, &flag, &ch->status);
+    if (err == MPI_SUCCESS && flag)
+        err = ch->status.MPI_ERROR;
+    if (err != MPI_SUCCESS) {
+        int cls = MPI_ERR_OTHER;
+        MPI_Error_class(err, &cls);
+        if (cls != MPI_ERR_TRUNCATE)
+            die("MPI_Test of the request receive failed");
+        flag = truncated = 1;
+    }
     if (!flag) {
         if (ch->nsends)
             channel_reap(ch);
@@ -1683,11 +1695,13 @@ static int channel_poll(Channel *ch)
     }
     int src = ch->status.MPI_SOURCE, count = 0;
     MPI_Get_count(&ch->status, MPI_BYTE, &count);
+    if (truncated || count < 0 || count > MAX_MESSAGE)
+        count = MAX_MESSAGE;
     int64_t h[HEADER_WORDS];
     memcpy(h, ch->buf, sizeof h);
     int op = (int)h[0];
-    int fast = count >= HEADER_BYTES && h[4] == 0 && !ch->deferred[src] && is_native_op(op) &&
-               !(is_keyed(op) && (h[2] & F_KEYS_IN_PAYLOAD));
+    int fast = !truncated && count >= HEADER_BYTES && h[0] == op && h[6] == count - HEADER_BYTES && h[4] == 0 &&
+               !ch->deferred[src] && is_native_op(op) && !(is_keyed(op) && (h[2] & F_KEYS_IN_PAYLOAD));
     KeyRef *keys = NULL;
     int nkeys = 1;
     if (fast && is_keyed(op) && parse_keys(ch->buf + HEADER_BYTES, count - HEADER_BYTES, h[2], &keys, &nkeys))
@@ -1700,6 +1714,7 @@ static int channel_poll(Channel *ch)
         it->channel = ch->id;
         it->rank = src;
         it->count = count;
+        it->truncated = truncated;
         it->data = xmalloc(MAX_MESSAGE);
         memcpy(it->data, ch->buf, MAX_MESSAGE);
         ch->deferred[src]++;
@@ -2674,8 +2689,8 @@ static PyObject *item_object(Item *it)
 {
     switch (it->kind) {
     case I_MESSAGE:
-        return Py_BuildValue("(iiiy#)", it->kind, it->channel, it->rank, (const char *)it->data,
-                             (Py_ssize_t)(it->count > HEADER_BYTES ? it->count : HEADER_BYTES));
+        return Py_BuildValue("(iiiy#i)", it->kind, it->channel, it->rank, (const char *)it->data,
+                             (Py_ssize_t)it->count, it->truncated);
     case I_SPECIAL: {
         PyObject *keys = PyTuple_New(it->nkeys);
         if (!keys)

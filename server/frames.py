@@ -19,7 +19,7 @@ messages (``TAG_PAYLOAD``) of later requests never match them.
 Who copies.  With MPICH's shared memory the *receiver* copies a big message,
 inside whichever MPI call matches it, while holding MPI's lock.  So the lock
 server receives a writer's frames one ``SMALL_CHUNK`` at a time between other
-requests (:class:`Arrival`), and sends stored frames in ``BIG_CHUNK`` messages
+requests (:class:`~.intake.Intake`), and sends stored frames in ``BIG_CHUNK`` messages
 that the readers copy themselves.  Between the threads of one process (the
 master's application thread and its server thread) frames are handed over in
 memory instead (``_LOCAL``): frames the sender gives away (``owned``: a
@@ -134,7 +134,8 @@ _LOCAL: dict[tuple[int, int], deque[Frames]] = {}
 """(communicator handle, header tag) -> frames sent to this process by this process, in order."""
 
 
-def _handed_over(comm: MPI.Comm, tag: int) -> Frames:
+def handed_over(comm: MPI.Comm, tag: int) -> Frames:
+    """Return the next frames this process sent itself with a header on ``tag`` (see :func:`announce`)."""
     return own(_LOCAL[comm.handle, tag].popleft())
 
 
@@ -215,43 +216,7 @@ def _recv_table(comm: MPI.Comm, source: int, count: int) -> tuple[int, list[memo
 def recv(comm: MPI.Comm, source: int, tag: int, count: int) -> Frames:
     """Receive the ``count`` frames announced by a header from ``source`` on ``tag``; block until they are here."""
     if source == comm.Get_rank():
-        return _handed_over(comm, tag)
+        return handed_over(comm, tag)
     chunk, buffers = _recv_table(comm, source, count)
     MPI.Request.Waitall([comm.Irecv([piece, MPI.BYTE], source, TAG_FRAMES) for piece in pieces(buffers, chunk)])
     return Frames(buffers)
-
-
-class Arrival:
-    """Frames announced by a header, received one message per :meth:`test` (for the lock server).
-
-    A big message is copied inside the MPI call that completes it, under
-    MPI's lock, so the server posts one message at a time: each poll copies
-    at most about one chunk and the server answers other ranks in between.
-    Start the arrivals of one sender in the order of their headers, each
-    once the previous one is complete (they share a tag).
-    """
-
-    def __init__(self, comm: MPI.Comm, source: int, tag: int, count: int) -> None:
-        """Start receiving the ``count`` frames a header from ``source`` on ``tag`` announced."""
-        self._comm = comm
-        self._source = source
-        self._request: MPI.Request | None = None
-        if source == comm.Get_rank():
-            self.frames = _handed_over(comm, tag)
-            self._pieces: Iterator[memoryview] = iter(())
-        else:
-            chunk, buffers = _recv_table(comm, source, count)
-            self.frames = Frames(buffers)
-            self._pieces = pieces(buffers, chunk)
-
-    def test(self) -> bool:
-        """Complete the message in flight if it has arrived and post the next; return whether all are here."""
-        if self._request is not None:
-            if not self._request.Test():
-                return False
-            self._request = None
-        piece = next(self._pieces, None)
-        if piece is None:
-            return True
-        self._request = self._comm.Irecv([piece, MPI.BYTE], self._source, TAG_FRAMES)
-        return False

@@ -25,8 +25,9 @@ from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
 from .deadlock import WaitGraph
 from .events import ProtocolError, Send
-from .frames import Arrival, Payload
-from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .frames import Payload
+from .intake import Intake, Request, read
+from .protocol import KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
 from .wake import IdleSleep, wake_own_server
 
@@ -37,10 +38,10 @@ _STATS = int(Op.STATS)
 _KEYED = frozenset(int(op) for op in KEYED)
 _NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
 _DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
-_HEADER_SIZE = HEADER.size
+_NO_HEADER: Request = (0, 0, 0, 0, 0, 0, b"")
+"""What is served of a message shorter than the header: its refusal, an ERROR reply with ``seq`` 0."""
+_TRUNCATE = MPI.ERR_TRUNCATE
 _MAIN = threading.main_thread()
-Request = tuple[int, int, int, int, int, int, bytes]
-"""A request whose payload is still arriving: ``(op, seq, arg, aux, nbytes, site, key area)``."""
 
 SWITCH_INTERVAL = SETTINGS.switch_interval
 """GIL switch interval (seconds) the master uses while its server thread runs; 0 leaves it alone.
@@ -82,6 +83,7 @@ class Channel:
         that share a graph must share ``lock``: a deadlock search reads every
         core of the graph.
         """
+        comm.Set_errhandler(MPI.ERRORS_RETURN)  # a client's message too long for the receive must not abort the job
         self.comm = comm
         self.core = LockCore(comm.Get_size(), members, graph, name)
         self.observer = observer
@@ -94,10 +96,10 @@ class Channel:
         """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
         self._recv.Start()
         self._sends: wire.Pending = []
-        self._arriving: dict[int, deque[tuple[Request, Payload | None]]] = {}
-        """Per rank, requests waiting for their frames (the first) or behind them, with any plain payload."""
-        self._arrival: dict[int, Arrival] = {}
-        """Per rank, the frames being received for its first waiting request."""
+        self._arriving: dict[int, deque[tuple[Request, str | None]]] = {}
+        """Per rank, requests waiting for their payload (the first) or behind it, each with its fault if it has one."""
+        self._intake: dict[int, Intake] = {}
+        """Per rank, the payload being received for its first waiting request."""
         self._lock = lock if lock is not None else threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
         self.wakeable = False
@@ -141,8 +143,9 @@ class Channel:
         idle polls (or once ``REAP_AFTER`` are in flight), so the hot path
         costs one MPI call, and an idle poll at most two.  With ``block``
         false, return at once if another thread is polling this channel.
-        While frames arrive, a poll receives one more message of them and,
-        with ``block`` (the server loop), returns true: poll again at once.
+        While payloads arrive, a poll takes one more step of each (a probe,
+        or one message) and returns true while one is on its way: poll again
+        at once.  A poll never waits for a client's message.
         """
         if not self._lock.acquire(block):
             return False
@@ -151,11 +154,17 @@ class Channel:
                 return False
             if self.core.outbox:
                 self._send_outbox()
-            if self._recv.Test(self._status):
-                self._serve_one(self._status.Get_source())
+            try:
+                arrived, truncated = self._recv.Test(self._status), False
+            except MPI.Exception as err:  # the status holds the sender and the message's first bytes are here
+                if err.Get_error_class() != _TRUNCATE:
+                    raise
+                arrived = truncated = True
+            if arrived:
+                self._take(self._status.Get_source(), truncated)
                 return True
-            if self._arriving:  # the copying happens in our Tests: the server loop polls again at once
-                return self._receive_frames() or block
+            if self._arriving:  # the copying happens in our Tests: poll again at once while a payload moves
+                return self._receive_payloads()
             if self._sends:
                 self._sends = wire.reap(self._sends)
             return False
@@ -207,22 +216,30 @@ class Channel:
                 words.poke(reply.rank)
                 self._replied.add(reply.rank)
 
-    def _serve_one(self, rank: int, arrived: tuple[Request, Payload | None] | None = None) -> None:
-        """Serve the request whose header just arrived from ``rank``, or one whose frames have ``arrived``."""
-        if arrived is None:
-            op, seq, arg, aux, nbytes, site, length = HEADER.unpack_from(self._buffer)
-            area = bytes(self._view[_HEADER_SIZE : _HEADER_SIZE + length]) if length else b""
-            if nbytes < 0 or rank in self._arriving:  # frames: served once they are here, between other requests
-                payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST) if nbytes > 0 else None
-                request = (op, seq, arg, aux, nbytes, site, area)
-                self._arriving.setdefault(rank, deque()).append((request, payload))
+    def _take(self, rank: int, truncated: bool = False) -> None:
+        """Take in the request message that has just arrived from ``rank``: serve it, or queue it for its payload.
+
+        A request waits in its rank's queue while its payload arrives, or
+        behind an earlier one that waits, so each rank's requests are served
+        in the order sent and other ranks are served meanwhile.
+        """
+        request, problem = read(self._view, self._status.Get_count(MPI.BYTE), truncated, rank)
+        if request is not None and not request[4] and problem is None and rank not in self._arriving:
+            self._serve(rank, request, None, None, False)  # the hot path
+            if not self.finished.is_set():
                 self._recv.Start()
-                self._receive_frames()
-                return
-            payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST)
-        else:
-            (op, seq, arg, aux, _, site, area), payload = arrived
-        if op == _STATS:
+            return
+        self._recv.Start()
+        self._arriving.setdefault(rank, deque()).append((request or _NO_HEADER, problem))
+        self._receive_payloads()
+
+    def _serve(self, rank: int, request: Request, payload: Payload | None, problem: str | None, started: bool) -> None:
+        """Serve ``rank``'s ``request`` (refuse it if it has a ``problem``); ``started``: the receive is on."""
+        op, seq, arg, aux, _, site, area = request
+        if problem is not None:
+            log.warning("refused a malformed request from rank %d: %s", rank, problem)
+            replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=problem.encode())]
+        elif op == _STATS:
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
         else:
@@ -248,7 +265,7 @@ class Channel:
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
-            if arrived is not None:  # never in practice (a rank's CLOSE behind its own frames): the receive is on
+            if started:  # never in practice (a rank's CLOSE behind its own payload): the receive is on
                 self._recv.Cancel()
                 self._recv.Wait()
             self._recv.Free()
@@ -256,29 +273,27 @@ class Channel:
             return
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
-        if arrived is None:
-            self._recv.Start()
 
-    def _receive_frames(self) -> bool:
-        """Advance every rank's frames by one message; serve the requests whose frames are all here, in order.
+    def _receive_payloads(self) -> bool:
+        """Advance every waiting rank's payload by one step; serve the requests whose payload is here, in order.
 
-        Return whether a request was served.
+        Return whether a request was served (or refused) or a payload is on
+        its way (poll again at once), not only waited for (see :attr:`Intake.stalled`).
         """
         served = False
         for rank, waiting in list(self._arriving.items()):
             while waiting:
-                request, payload = waiting[0]
-                if request[4] < 0:  # nbytes: this one has frames
-                    arrival = self._arrival.get(rank)
-                    if arrival is None:
-                        arrival = self._arrival[rank] = Arrival(self.comm, rank, TAG_REQUEST, -request[4])
-                    if not arrival.test():
-                        break
-                    del self._arrival[rank]
-                    payload = arrival.frames
+                request, problem = waiting[0]
+                intake = self._intake.get(rank)
+                if intake is None:
+                    intake = self._intake[rank] = Intake(self.comm, rank, TAG_REQUEST, request[4])
+                if not intake.test():
+                    served = served or not intake.stalled
+                    break
+                del self._intake[rank]
                 waiting.popleft()
                 served = True
-                self._serve_one(rank, (request, payload))
+                self._serve(rank, request, intake.payload, problem or intake.error, True)
                 if self.finished.is_set():
                     return True
             else:

@@ -27,6 +27,7 @@ import logging
 import pickle
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,10 +35,11 @@ from mpi4py import MPI
 
 from . import wire
 from .events import ProtocolError, Send
-from .frames import Arrival, Payload
+from .frames import Payload
+from .intake import Intake, Request, read
 from .loop import JOIN_TIMEOUT, Observer, join_thread
 from .native_core import NativeGraph, NativeLockCore, module
-from .protocol import HEADER, KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .protocol import KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
 from .wake import sleep_cap as wake_cap
 
@@ -50,12 +52,17 @@ _STATS = int(Op.STATS)
 _KEYED = frozenset(int(op) for op in KEYED)
 _NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
 _DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
-_HEADER_SIZE = HEADER.size
+_NO_HEADER: Request = (0, 0, 0, 0, 0, 0, b"")
+"""What is served of a message shorter than the header: its refusal, an ERROR reply with ``seq`` 0."""
 
 SOFT_EVENTS = 4096
 """Recorded requests after which the C thread asks Python to feed them to the recorder."""
 HARD_EVENTS = 65536
 """Recorded requests at which the C thread stops serving until Python has fed them to the recorder."""
+PAYLOAD_POLL = 0.0001
+"""Seconds the Python thread waits for the C thread between two steps of a payload on its way."""
+STALLED_POLL = 0.002
+"""Seconds it waits between probes for a payload that is late (see :attr:`~.intake.Intake.stalled`)."""
 SHORTEST_SLEEP = 10e-6
 """Poll interval of the C thread during :data:`HOT` after a request, and its first sleep after that."""
 HOT = SETTINGS.native_hot
@@ -83,6 +90,7 @@ class NativeChannel:
         members: Iterable[int] | None = None,
     ) -> None:
         """Serve the lock of the controller that owns the private ``comm`` (see :class:`~.loop.Channel`)."""
+        comm.Set_errhandler(MPI.ERRORS_RETURN)  # a client's message too long for the receive must not abort the job
         self.comm = comm
         self.core = NativeLockCore(comm.Get_size(), members, graph, name, record=observer is not None)
         self.observer = observer
@@ -90,6 +98,10 @@ class NativeChannel:
         """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
         self._sends: wire.Pending = []
         self._words: Any = None
+        self._arriving: dict[int, deque[tuple[Request, str | None]]] = {}
+        """Per rank, handed-over requests waiting for their payload (the first) or behind it, with any fault."""
+        self._intake: dict[int, Intake] = {}
+        """Per rank, the payload being received for its first waiting request."""
         self.id: int = _c.attach(self.core.native, comm.py2f())
 
     def help(self) -> bool:
@@ -114,19 +126,55 @@ class NativeChannel:
         _c.set_client_words(self.id, words)
 
     # -- what the Python thread does ----------------------------------------------------------------
-    def serve_message(self, rank: int, message: bytes) -> None:
-        """Serve a request the C thread handed over (with a payload, or not a lock request)."""
-        op, seq, arg, aux, nbytes, site, _ = HEADER.unpack_from(message)
-        area = message[_HEADER_SIZE:]
-        payload: Payload | None = None
-        if nbytes > 0:
-            payload = wire.recv_payload(self.comm, rank, nbytes, TAG_REQUEST)
-        elif nbytes < 0:  # frames: one chunk per test, so that MPI's lock is free for the C thread in between
-            arrival = Arrival(self.comm, rank, TAG_REQUEST, -nbytes)
-            while not arrival.test():
-                time.sleep(0.0001)
-            payload = arrival.frames
-        if op == _STATS:
+    @property
+    def waiting(self) -> bool:
+        """Whether a handed-over request waits for its payload (call :meth:`advance` soon)."""
+        return bool(self._arriving)
+
+    def take(self, rank: int, message: bytes, truncated: bool) -> None:
+        """Take in a request the C thread handed over (``truncated``: longer than the receive): serve it, or queue it.
+
+        It waits for its payload behind the rank's earlier ones (the C thread
+        hands over every later request of the rank until it is served, see
+        ``undefer``), so each rank's requests are served in the order sent
+        and other ranks are served meanwhile.
+        """
+        request, problem = read(message, len(message), truncated, rank)
+        self._arriving.setdefault(rank, deque()).append((request or _NO_HEADER, problem))
+        self.advance()
+
+    def advance(self) -> bool:
+        """Advance every waiting rank's payload by one step; serve the requests whose payload is here, in order.
+
+        Return whether a payload is on its way (not only waited for): poll again soon.
+        """
+        moving = False
+        for rank, waiting in list(self._arriving.items()):
+            while waiting:
+                request, problem = waiting[0]
+                intake = self._intake.get(rank)
+                if intake is None:
+                    intake = self._intake[rank] = Intake(self.comm, rank, TAG_REQUEST, request[4])
+                if not intake.test():  # frames: one chunk per test, MPI's lock free for the C thread in between
+                    moving = moving or not intake.stalled
+                    break
+                del self._intake[rank]
+                waiting.popleft()
+                try:
+                    self.serve_message(rank, request, intake.payload, problem or intake.error)
+                finally:
+                    _c.undefer(self.id, rank)
+            else:
+                del self._arriving[rank]
+        return moving
+
+    def serve_message(self, rank: int, request: Request, payload: Payload | None, problem: str | None) -> None:
+        """Serve a request the C thread handed over (with a payload, or not a lock request), or refuse it."""
+        op, seq, arg, aux, _, site, area = request
+        if problem is not None:
+            log.warning("refused a malformed request from rank %d: %s", rank, problem)
+            replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=problem.encode())]
+        elif op == _STATS:
             self.drain()
             stats = self.observer.stats() if self.observer is not None else {}
             replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
@@ -282,6 +330,9 @@ class NativeService:
         while (item := _c.next_item(0.0)) is not None:
             served = True
             self._handle(item)
+        for channel in channels:
+            if channel.waiting:
+                served = channel.advance() or served
         with self._lock:
             self._reap()
         return served
@@ -300,10 +351,12 @@ class NativeService:
 
     def _run(self) -> None:
         try:
+            timeout = 1.0
             while True:
-                item = _c.next_item(1.0)
+                item = _c.next_item(timeout)
                 if item is not None:
                     self._handle(item)
+                timeout = self._advance()
                 with self._lock:
                     if self._paused:  # pause() joins this thread: no MPI call from here any more
                         self._thread = None
@@ -316,17 +369,24 @@ class NativeService:
             log.critical("mpilock native server's Python thread crashed; aborting the MPI job", exc_info=True)
             MPI.COMM_WORLD.Abort(70)
 
+    def _advance(self) -> float:
+        """Advance the payloads the channels wait for; return how long to wait for the C thread next (seconds)."""
+        with self._lock:
+            waiting = [c for c in self._channels.values() if c.waiting]
+        if not waiting:
+            return 1.0
+        moving = False
+        for channel in waiting:
+            moving = channel.advance() or moving
+        return PAYLOAD_POLL if moving else STALLED_POLL
+
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind, ident = item[0], item[1]
         channel = self._channels.get(ident)
         if channel is None:
             return
         if kind == _MESSAGE:
-            rank = item[2]
-            try:
-                channel.serve_message(rank, item[3])
-            finally:
-                _c.undefer(ident, rank)
+            channel.take(item[2], item[3], bool(item[4]))
         elif kind == _SPECIAL:
             _, _, rank, op, seq, keys, special = item
             channel.serve_special(rank, op, seq, keys, special)

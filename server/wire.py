@@ -23,6 +23,17 @@ started together (:func:`request_parts`), with their buffers."""
 REAP_AFTER = 16
 """Complete finished sends once this many are in flight, even on a busy path."""
 
+PAYLOAD_GRACE = 30.0
+"""Seconds the server waits for a payload (or a frame) a header announced before it refuses the request.
+
+The server never blocks for a client's message (:mod:`.intake`): a payload
+that has not arrived holds back only its own rank's later requests, and only
+this long."""
+MAX_PAYLOAD = 1 << 40
+"""Largest payload the server accepts, in bytes (plain, or the frames together); a larger announcement is refused."""
+MAX_FRAMES = 1 << 20
+"""Most frames one payload may have (its frame table is ``8 * (frames + 1)`` bytes)."""
+
 _MULTI, _KEYS_IN_PAYLOAD = int(Flag.MULTI), int(Flag.KEYS_IN_PAYLOAD)
 
 

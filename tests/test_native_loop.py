@@ -85,14 +85,14 @@ def test_a_failure_in_the_native_loops_python_thread_aborts_instead_of_hanging()
         """
         import mpilock
         from mpilock.server import native_loop
-        from mpilock.server.protocol import HEADER, Op
+        from mpilock.server.protocol import Op
 
         serve = native_loop.NativeChannel.serve_message
 
-        def broken(self, rank, message):
-            if HEADER.unpack_from(message)[0] == Op.STATS:
+        def broken(self, rank, request, payload, problem):
+            if request[0] == Op.STATS:
                 raise RuntimeError("bug in the native loop's Python side")
-            serve(self, rank, message)  # acquire sites, say
+            serve(self, rank, request, payload, problem)  # acquire sites, say
 
         native_loop.NativeChannel.serve_message = broken
         ctrl = mpilock.sync()

@@ -12,6 +12,7 @@ import mpilock
 from mpilock.bench import peak_rss, reset_peak_rss
 from mpilock.server import frames
 from mpilock.server.frames import Frames
+from mpilock.server.intake import Intake
 
 COMM = MPI.COMM_WORLD
 MB = 1 << 20
@@ -211,12 +212,14 @@ def test_frames_between_two_ranks_in_small_chunks(mpi_ranks):
                 if receive == "blocking":
                     got = frames.recv(comm, 0, 11, len(sizes))
                 else:
-                    arrival = frames.Arrival(comm, 0, 11, len(sizes))
+                    arrival = Intake(comm, 0, 11, -len(sizes))
                     tests = 1
                     while not arrival.test():
                         tests += 1
-                    assert tests >= 6 + 1  # at most one message per test: 6 of them (3000 bytes are 3)
-                    got = arrival.frames
+                    assert tests >= 6  # at most one message per test: 6 of them (3000 bytes are 3)
+                    assert arrival.error is None
+                    got = arrival.payload
+                    assert isinstance(got, Frames)
                 assert [bytes(b) for b in got.buffers] == [expected(n, seed=n).tobytes() for n in sizes]
             comm.barrier()
     finally:
