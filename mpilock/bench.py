@@ -46,6 +46,7 @@ from mpi4py import MPI
 from mpi4py.util.sync import Mutex
 
 from . import controller as controller_module
+from . import storm
 from .controller import WindowController, sync
 from .dedicated_server import dedicated
 from .link import Link
@@ -78,6 +79,7 @@ PHASES = (
     "own-keys",
     "bounded",
     "million",
+    "storm",
 )
 
 US = 1e-6
@@ -1043,6 +1045,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.1f} s"
     if unit == "keys":
         return f"{value:,.0f} keys"
+    if unit == "findings":
+        return f"{value:,.0f} findings"
     return f"{value:,.0f} /s"
 
 
@@ -1347,6 +1351,17 @@ def keyed_rows(
                 f"peak {million.rss_peak / 2**20:,.1f} MiB"
             )
             rows.append(Row("  master: RSS growth", grown, "MiB", None, note=note))
+    if "storm" in wanted:
+        seconds = 10.0 * scale
+        result, failures = storm.storm(ctrl, "mixed", seconds, seed=size)
+        operations, interrupted, findings = storm.gather(ctrl, result, failures)
+        note = (
+            f"every lock kind, locks()/stats(), collect() of 1 MB; {operations:,} calls completed, "
+            f"{interrupted:,} cut by an exception, in {seconds:g} s on {size} ranks"
+        )
+        rows.append(
+            Row("interrupt storm (50 µs-2 ms): leftovers", len(findings), "findings", None, "0", not findings, note)
+        )
     return rows
 
 

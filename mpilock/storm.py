@@ -236,4 +236,36 @@ def gather(ctrl: WindowController, result: Result, failures: list[str]) -> tuple
     )
 
 
-__all__ = ["KINDS", "ProtocolErrors", "Result", "Storm", "check", "gather", "run", "share", "storm"]
+__all__ = ["KINDS", "ProtocolErrors", "Result", "Storm", "check", "gather", "main", "run", "share", "storm"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run storms of the given kinds on every rank, print a table on rank 0; exit status 1 on any finding."""
+    import argparse
+
+    from .controller import sync
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mpilock.storm",
+        description="Interrupt lock calls at random instructions; check nothing is left.",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="storm length per kind (default 5)")
+    parser.add_argument("kinds", nargs="*", default=list(KINDS), help=f"kinds to run (default all: {' '.join(KINDS)})")
+    args = parser.parse_args(argv)
+    ctrl = sync()
+    failed = False
+    for kind in args.kinds:
+        result, failures = storm(ctrl, kind, args.seconds)
+        operations, interrupted, findings = gather(ctrl, result, failures)
+        failed = failed or bool(findings)
+        if ctrl.rank == 0:
+            verdict = "ok" if not findings else f"{len(findings)} FINDINGS"
+            print(f"{kind:8} {operations:>9,} completed {interrupted:>7,} interrupted  {verdict}", flush=True)
+            for finding in findings[:10]:
+                print(f"    {finding}", flush=True)
+    ctrl.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
