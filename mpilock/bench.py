@@ -1353,8 +1353,8 @@ def keyed_rows(
             rows.append(Row("  master: RSS growth", grown, "MiB", None, note=note))
     if "storm" in wanted:
         seconds = 10.0 * scale
-        result, failures = storm.storm(ctrl, "mixed", seconds, seed=size)
-        operations, interrupted, findings = storm.gather(ctrl, result, failures)
+        stormed, failures = storm.storm(ctrl, "mixed", seconds, seed=size)
+        operations, interrupted, findings = storm.gather(ctrl, stormed, failures)
         note = (
             f"every lock kind, locks()/stats(), collect() of 1 MB; {operations:,} calls completed, "
             f"{interrupted:,} cut by an exception, in {seconds:g} s on {size} ranks"

@@ -127,10 +127,10 @@ class Link:
             self._seq += 1
             seq = self._seq
         parts = wire.request_parts(self.comm, self.master, op, seq, arg, aux, payload, area, site)
-        self._kept.append(parts)  # its buffers outlive a request object a signal made us drop
         comm, master = self.comm, self.master
         if len(parts) == 1:
             message = parts[0][0]
+            self._kept.append(message)  # a small message outlives a request object a signal made us drop
             if mark is not None:
                 mark[slot] = True
             self._sends.append((comm.Isend(message, master, TAG_REQUEST), message))

@@ -189,7 +189,7 @@ def check(ctrl: WindowController, kind: str, timeout: float = 5.0) -> list[str]:
     for turn in range(comm.Get_size()):
         comm.Barrier()
         if comm.Get_rank() == turn:
-            for lock in (ctrl.write(), ctrl.write("a"), ctrl.write("b"), ctrl.write("p")):
+            for lock in [ctrl.write(*key, timeout=timeout) for key in ((), ("a",), ("b",), ("p",))]:
                 try:
                     with lock:
                         pass

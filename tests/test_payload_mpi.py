@@ -59,9 +59,10 @@ def test_a_large_array_round_trips_exactly_from_the_master_and_the_last_rank(ctr
         else:
             assert fence.collect() is data
         del got, fence
-        COMM.barrier()
+        with ctrl.single_write():  # every rank enters a later fence: the payload is let go
+            pass
         if ctrl._channel is not None:
-            assert stored(ctrl) == 0  # every rank collected: nothing kept
+            assert stored(ctrl) == 0  # nothing kept
 
 
 @mpi()
@@ -130,7 +131,7 @@ def test_several_out_of_band_buffers_beside_in_band_data(ctrl, mpi_ranks):
 
 
 @mpi()
-def test_stored_bytes_count_out_of_band_buffers_until_collected(ctrl, mpi_ranks):
+def test_stored_bytes_count_out_of_band_buffers_until_every_rank_moved_on(ctrl, mpi_ranks):
     for writer in writers():
         data = expected(24 * MB, seed=11)
         with ctrl.single_write(rank=writer) as fence:
@@ -147,6 +148,10 @@ def test_stored_bytes_count_out_of_band_buffers_until_collected(ctrl, mpi_ranks)
         if ctrl.rank != writer:
             np.testing.assert_array_equal(fence.collect()[0], data)
         COMM.barrier()
+        if ctrl._channel is not None and COMM.size > 1:  # kept for a collect() that a signal cut short
+            assert data.nbytes <= stored(ctrl) < data.nbytes + MB
+        with ctrl.single_write():  # every rank enters a later fence: the payload is let go
+            pass
         if ctrl._channel is not None:
             assert stored(ctrl) == 0
 

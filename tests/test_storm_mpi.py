@@ -7,6 +7,7 @@ and the server must have logged no protocol error.  Each kind gets a job of
 its own (the handlers strike inside the library).
 """
 
+import faulthandler
 import os
 
 import pytest
@@ -21,8 +22,12 @@ SECONDS = float(os.environ.get("MPILOCK_STORM_SECONDS", "3"))
 @mpi(max_ranks=3, timeout=50)
 @pytest.mark.mpi_isolated
 def test_a_storm_of_interrupts_leaves_nothing_behind(ctrl, mpi_ranks, kind):
-    result, failures = storm.storm(ctrl, kind, SECONDS, seed=mpi_ranks)
-    operations, interrupted, everyone = storm.gather(ctrl, result, failures)
+    faulthandler.dump_traceback_later(40)  # a hang shows where every rank is before the job is killed
+    try:
+        result, failures = storm.storm(ctrl, kind, SECONDS, seed=mpi_ranks)
+        operations, interrupted, everyone = storm.gather(ctrl, result, failures)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     assert not everyone, "\n".join(everyone)
     assert interrupted > 0, "the storm never struck"
     assert operations > 0, "no operation ever completed under the storm"
