@@ -74,16 +74,12 @@ class LockTable(list[LockEntry]):
         for entry in self:
             name = entry["key"] + (f" (limit {entry['limit']})" if entry["limit"] else "")  # 'bounded ...' already
             for holder in entry["holders"]:
-                rows.append(
-                    (name, "holds", who(holder), holder["mode"], _since(holder["held"]), holder["site"])
-                )
+                rows.append((name, "holds", who(holder), holder["mode"], _since(holder["held"]), holder["site"]))
                 name = ""
             for position, waiter in enumerate(entry["waiters"], 1):
                 also = [k for k in waiter["keys"] if k != entry["key"]]
                 state = f"queued #{position}" + (f" (with {', '.join(also)})" if also else "")
-                rows.append(
-                    (name, state, who(waiter), waiter["mode"], _since(waiter["waited"]), waiter["site"])
-                )
+                rows.append((name, state, who(waiter), waiter["mode"], _since(waiter["waited"]), waiter["site"]))
                 name = ""
         return format_rows(("lock", "state", "rank", "mode", "for", "taken/asked at"), rows)
 

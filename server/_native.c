@@ -2711,6 +2711,26 @@ static PyObject *Core_who(CoreObject *self, PyObject *args)
     return Py_BuildValue("(ii)", rank, slot);
 }
 
+/* Bytes the core allocated per holder (a count, not a measurement): the per-holder arrays, the holder map
+ * and, while joined, each holder's graph node (with its member list and its places in the graph). */
+static PyObject *Core_holder_bytes(CoreObject *self, void *closure)
+{
+    (void)closure;
+    lock_world();
+    Core *c = self->core;
+    size_t n = (size_t)c->caph * (2 * sizeof(int) + sizeof(Request *) + sizeof(int64_t) + sizeof(Node *));
+    n += c->hcap * (sizeof(int64_t) + sizeof(int));
+    Graph *g = c->graph;
+    for (int h = 0; h < c->nh; h++) {
+        Node *node = c->nodes[h];
+        n += sizeof(Node) + (size_t)node->capm * sizeof(Member) / (size_t)(node->nm ? node->nm : 1);
+        if (c->joined && g->n)
+            n += sizeof(Node *) * ((size_t)g->cap + g->nbuckets) / (size_t)g->count;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return PyLong_FromSize_t(n);
+}
+
 static PyObject *Core_holders(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -2745,6 +2765,8 @@ static PyGetSetDef Core_getset[] = {
     {"closed", (getter)Core_closed, NULL, "Whether every member rank has closed.", NULL},
     {"uid", (getter)Core_uid, NULL, "A number unique to this core in the process.", NULL},
     {"holders", (getter)Core_holders, NULL, "Number of holders (threads of ranks) numbered so far.", NULL},
+    {"holder_bytes", (getter)Core_holder_bytes, NULL, "Bytes allocated for the holders (arrays, map, graph nodes).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject CoreType = {

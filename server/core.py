@@ -135,9 +135,11 @@ class LockCore:
         return self.holders.find(rank, slot)
 
     def name_of(self, holder: int) -> str:
-        """Name ``holder`` in a report: ``rank 2``, with its world rank if that differs, and ``/ <thread>`` if slot > 0."""
+        """Name ``holder`` in a report: ``rank 2`` (world rank if it differs), ``/ <thread>`` if slot > 0."""
         holders = self.holders
-        return holder_text(holders.rank[holder], holders.slot[holder], self.nodes[holder][0], holder, holders.names.get(holder))
+        return holder_text(
+            holders.rank[holder], holders.slot[holder], self.nodes[holder][0], holder, holders.names.get(holder)
+        )
 
     def lock_count(self) -> int:
         """Count the keys with holders or waiters (the default lock only when in use)."""
@@ -183,7 +185,7 @@ class LockCore:
         return out
 
     def _new_holder(self, rank: int, slot: int, seq: int) -> int:
-        """Number thread ``slot`` of ``rank``, seen for the first time, and give it its per-holder state."""
+        """Give thread ``slot`` of ``rank``, seen for the first time, an id and its per-holder state."""
         if seq < 0:
             raise ProtocolError(f"rank {rank} sent seq {seq}, which names no thread")
         holder = self.holders.add(rank, slot)
@@ -678,7 +680,8 @@ class LockCore:
     def describe_wait(self, holder: int, key: bytes) -> str:
         """Say what ``holder``'s queued request asks for on ``key``: ``waits for write 'b' (at sim.py:44)``."""
         request = self.waiting[holder]
-        return f"waits for {MODES[request.mode]} {keyspace.describe(key)} (at {self.site(self._rank[holder], request.site)})"
+        where = self.site(self._rank[holder], request.site)
+        return f"waits for {MODES[request.mode]} {keyspace.describe(key)} (at {where})"
 
     # -- the lock table --------------------------------------------------------------
     def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
@@ -761,7 +764,14 @@ def lock_table(
         for h, mode, hold in holding:
             rank, slot, thread = who(h)
             held.append(
-                {"rank": rank, "thread": thread, "slot": slot, "mode": mode, "held": now - hold[2], "site": site(rank, hold[1])}
+                {
+                    "rank": rank,
+                    "thread": thread,
+                    "slot": slot,
+                    "mode": mode,
+                    "held": now - hold[2],
+                    "site": site(rank, hold[1]),
+                }
             )
         queued = sorted([*state.writers, *state.waiting_readers], key=lambda r: r.since)
         waiters = []

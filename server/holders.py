@@ -55,7 +55,7 @@ class Holders:
         """Holder id -> the thread name its hello gave."""
 
     def __len__(self) -> int:
-        """Number of holders so far."""
+        """Count the holders numbered so far."""
         return len(self.rank)
 
     def find(self, rank: int, slot: int) -> int | None:
@@ -63,7 +63,7 @@ class Holders:
         return rank if not slot else self._ids.get(rank | slot << SLOT_SHIFT)
 
     def add(self, rank: int, slot: int) -> int:
-        """Number the new holder ``(rank, slot)`` (``slot > 0``) and return its id."""
+        """Give the new holder ``(rank, slot)`` an id (``slot > 0``) and return it."""
         holder = len(self.rank)
         self._ids[rank | slot << SLOT_SHIFT] = holder
         self.rank.append(rank)
@@ -72,56 +72,8 @@ class Holders:
         return holder
 
     def all_of(self, rank: int) -> list[int]:
-        """The ids of every holder of ``rank``: slot 0 first, then the others as first seen."""
+        """Return the ids of every holder of ``rank``: slot 0 first, then the others as first seen."""
         return [rank, *self.of_rank.get(rank, ())]
-
-    def who(self, holder: int) -> tuple[int, int, str | None]:
-        """Return ``(rank, slot, thread name or None)`` of ``holder``."""
-
-
-class Holders:
-    """The ``(rank, slot)`` of each holder id, and back."""
-
-    __slots__ = ("_ids", "names", "of_rank", "rank", "slot")
-
-    def __init__(self, size: int) -> None:
-        """Start with slot 0 of each of ``size`` ranks (ids ``0 .. size - 1``)."""
-        self.rank: list[int] = list(range(size))
-        """Holder id -> the MPI rank its replies go to."""
-        self.slot: list[int] = [0] * size
-        """Holder id -> its thread's slot on that rank."""
-        self._ids: dict[int, int] = {}
-        """``rank | slot << SLOT_SHIFT`` -> holder id, for slots > 0."""
-        self.of_rank: dict[int, list[int]] = {}
-        """Rank -> the ids of its holders of slot > 0, in the order they were first seen."""
-        self.names: dict[int, str] = {}
-        """Holder id -> the thread name its hello gave."""
-
-    def __len__(self) -> int:
-        """Number of holders so far."""
-        return len(self.rank)
-
-    def find(self, rank: int, slot: int) -> int | None:
-        """Return the id of ``(rank, slot)``, ``None`` if it was never seen."""
-        return rank if not slot else self._ids.get(rank | slot << SLOT_SHIFT)
-
-    def add(self, rank: int, slot: int) -> int:
-        """Number the new holder ``(rank, slot)`` (``slot > 0``) and return its id."""
-        holder = len(self.rank)
-        self._ids[rank | slot << SLOT_SHIFT] = holder
-        self.rank.append(rank)
-        self.slot.append(slot)
-        self.of_rank.setdefault(rank, []).append(holder)
-        return holder
-
-    def all_of(self, rank: int) -> list[int]:
-        """The ids of every holder of ``rank``: slot 0 first, then the others as first seen."""
-        return [rank, *self.of_rank.get(rank, ())]
-
-    def thread(self, holder: int) -> str:
-        """Name the thread of ``holder`` for a report: its hello's name, else ``thread <slot>``."""
-        name = self.names.get(holder)
-        return name if name is not None else f"thread {self.slot[holder]}"
 
     def who(self, holder: int) -> tuple[int, int, str | None]:
         """Return ``(rank, slot, thread name or None)`` of ``holder``."""

@@ -33,8 +33,8 @@ from .core import MODES, lock_table
 from .deadlock import Core, Edge, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
-from .locks import KeyState, Request
 from .holders import holder_text
+from .locks import KeyState, Request
 from .protocol import SLOT_SHIFT, FenceStatus, Flag, Op, Reply
 
 if TYPE_CHECKING:
