@@ -12,9 +12,13 @@ from typing import TypedDict
 
 
 class Holder(TypedDict):
-    """A rank holding a lock."""
+    """A thread of a rank holding a lock."""
 
     rank: int
+    thread: str | None
+    """The name the thread gave the server (``None`` if it gave none)."""
+    slot: int
+    """The thread's number on its rank: 0 for the first thread that used the controller."""
     mode: str
     """``read``, ``write`` or ``slot`` (a place of a bounded key)."""
     held: float
@@ -24,9 +28,11 @@ class Holder(TypedDict):
 
 
 class Waiter(TypedDict):
-    """A rank queued for a lock."""
+    """A thread of a rank queued for a lock."""
 
     rank: int
+    thread: str | None
+    slot: int
     mode: str
     waited: float
     """Seconds it has waited so far."""
@@ -68,18 +74,23 @@ class LockTable(list[LockEntry]):
         for entry in self:
             name = entry["key"] + (f" (limit {entry['limit']})" if entry["limit"] else "")  # 'bounded ...' already
             for holder in entry["holders"]:
-                rows.append(
-                    (name, "holds", f"rank {holder['rank']}", holder["mode"], _since(holder["held"]), holder["site"])
-                )
+                rows.append((name, "holds", who(holder), holder["mode"], _since(holder["held"]), holder["site"]))
                 name = ""
             for position, waiter in enumerate(entry["waiters"], 1):
                 also = [k for k in waiter["keys"] if k != entry["key"]]
                 state = f"queued #{position}" + (f" (with {', '.join(also)})" if also else "")
-                rows.append(
-                    (name, state, f"rank {waiter['rank']}", waiter["mode"], _since(waiter["waited"]), waiter["site"])
-                )
+                rows.append((name, state, who(waiter), waiter["mode"], _since(waiter["waited"]), waiter["site"]))
                 name = ""
         return format_rows(("lock", "state", "rank", "mode", "for", "taken/asked at"), rows)
+
+
+def who(entry: Holder | Waiter) -> str:
+    """``rank 2``, or ``rank 2 / <thread name>`` for a rank's other threads (``thread <slot>`` if unnamed)."""
+    slot = entry.get("slot", 0)  # a table of an older server has no slots
+    if not slot:
+        return f"rank {entry['rank']}"
+    thread = entry.get("thread")
+    return f"rank {entry['rank']} / {thread if thread is not None else f'thread {slot}'}"
 
 
 def _since(seconds: float) -> str:

@@ -48,10 +48,11 @@ enum { TAG_REQUEST = 11, TAG_REPLY = 12 };
 #define HEADER_BYTES (8 * HEADER_WORDS)
 #define MAX_MESSAGE 256
 enum { M_READ = 0, M_WRITE = 1, M_SLOT = 2 };
+#define SLOT_SHIFT 40 /* a request's seq is (slot << SLOT_SHIFT) | n: the thread of the rank that sent it */
 
 /* Protocol errors (texts made by server/native_core.py from the kind and its data). */
 enum { E_NONE = 0, E_MEMBER, E_CLOSED, E_UNKNOWN_OP, E_BOUNDED_ARGS, E_DOWNGRADE, E_AWAITING, E_HOLDS, E_TWO_MODES,
-       E_DUPLICATE, E_UPGRADE, E_RELEASE, E_CLOSED_TWICE };
+       E_DUPLICATE, E_UPGRADE, E_RELEASE, E_CLOSED_TWICE, E_SEQ };
 enum { S_NONE = 0, S_ERROR, S_REFUSED, S_DEADLOCK };
 
 static void die(const char *what)
@@ -139,6 +140,8 @@ typedef struct Node {
     int64_t world, token;
     Member *m;
     int nm, capm;
+    int at;             /* index in Graph.nodes */
+    struct Node *hnext; /* next in its hash bucket */
 } Node;
 
 typedef struct KeyRef {
@@ -153,8 +156,10 @@ typedef struct Reordered {
 } Reordered;
 
 typedef struct Graph {
-    Node **nodes; /* insertion order of WaitGraph._members */
-    int n, cap;
+    Node **nodes; /* insertion order of WaitGraph._members; NULL where a node left (skipped, compacted now and then) */
+    int n, cap, dead;
+    Node **buckets; /* (world, token) -> node: a hash table, so that a join or a hello is O(1) */
+    size_t nbuckets, count;
     double arrivals;
     Reordered *re;
     int nre, capre;
@@ -175,6 +180,7 @@ typedef struct Out {
 typedef struct CycleEdge {
     uint64_t core_uid;
     int waiter, target, queued;
+    int waiter_rank, waiter_slot; /* the MPI rank and thread slot of the waiting holder */
     int64_t waiter_world;
     uint8_t *key;
     size_t len;
@@ -203,6 +209,9 @@ typedef struct Events {
 
 typedef struct Channel Channel;
 
+/* A holder is a thread of a rank: (rank, slot), slot from the request's seq.  Holder ids are dense:
+ * slot 0 of rank r is r, other slots get ids from size on as first seen (server/holders.py).  The
+ * per-holder arrays (waiting, held, nodes, hrank, hslot) have caph entries; per rank: member, closing. */
 struct Core {
     uint64_t uid;
     int size, nmembers;
@@ -210,6 +219,11 @@ struct Core {
     KeyState **buckets;
     size_t nbuckets, count;
     KeyState *first, *last;
+    int nh, caph;
+    int *hrank, *hslot; /* holder -> MPI rank (where its replies go), thread slot */
+    int64_t *hkeys;     /* rank | slot << SLOT_SHIFT -> holder (hvals), open addressing, slots > 0 only */
+    int *hvals;         /* -1: empty */
+    size_t hcap, hcount;
     Request **waiting;
     int64_t *held;
     Node **nodes;
@@ -495,12 +509,75 @@ static void record(Core *c, double now, int rank, int op, int64_t seq, const Key
 }
 
 /* -- the wait graph (deadlock.py) --------------------------------------------------------------------- */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t node_hash(int64_t world, int64_t token)
+{
+    return mix64((uint64_t)world * 0x9e3779b97f4a7c15ULL ^ (uint64_t)token);
+}
+
 static Node *graph_find(Graph *g, int64_t world, int64_t token)
 {
-    for (int i = 0; i < g->n; i++)
-        if (g->nodes[i]->world == world && g->nodes[i]->token == token)
-            return g->nodes[i];
+    if (!g->nbuckets)
+        return NULL;
+    for (Node *n = g->buckets[node_hash(world, token) & (g->nbuckets - 1)]; n; n = n->hnext)
+        if (n->world == world && n->token == token)
+            return n;
     return NULL;
+}
+
+static void graph_hash_put(Graph *g, Node *n)
+{
+    if (g->count + 1 > g->nbuckets / 2) {
+        size_t nb = g->nbuckets ? 2 * g->nbuckets : 64;
+        Node **b = calloc(nb, sizeof(*b));
+        if (!b)
+            die("out of memory");
+        for (size_t i = 0; i < g->nbuckets; i++)
+            for (Node *m = g->buckets[i], *next; m; m = next) {
+                next = m->hnext;
+                size_t at = node_hash(m->world, m->token) & (nb - 1);
+                m->hnext = b[at];
+                b[at] = m;
+            }
+        free(g->buckets);
+        g->buckets = b;
+        g->nbuckets = nb;
+    }
+    size_t at = node_hash(n->world, n->token) & (g->nbuckets - 1);
+    n->hnext = g->buckets[at];
+    g->buckets[at] = n;
+    g->count++;
+}
+
+/* Take node n out of the graph (it has no member left): out of the hash, a hole in the order. */
+static void graph_remove(Graph *g, Node *n)
+{
+    Node **at = &g->buckets[node_hash(n->world, n->token) & (g->nbuckets - 1)];
+    while (*at != n)
+        at = &(*at)->hnext;
+    *at = n->hnext;
+    g->count--;
+    g->nodes[n->at] = NULL;
+    g->dead++;
+    if (g->dead > 64 && 2 * g->dead > g->n) { /* compact, keeping the order */
+        int k = 0;
+        for (int i = 0; i < g->n; i++)
+            if (g->nodes[i]) {
+                g->nodes[i]->at = k;
+                g->nodes[k++] = g->nodes[i];
+            }
+        g->n = k;
+        g->dead = 0;
+    }
 }
 
 /* _members.setdefault(node, []).append((core, rank)) */
@@ -514,7 +591,9 @@ static Node *graph_add(Graph *g, int64_t world, int64_t token, Core *c, int rank
         n->world = world;
         n->token = token;
         GROW(g->nodes, g->n, g->cap);
+        n->at = g->n;
         g->nodes[g->n++] = n;
+        graph_hash_put(g, n);
     }
     GROW(n->m, n->nm, n->capm);
     n->m[n->nm].core = c;
@@ -532,19 +611,14 @@ static void graph_drop_member(Graph *g, Node *n, Core *c, int rank)
     n->nm = k;
     if (k)
         return;
-    for (int i = 0; i < g->n; i++)
-        if (g->nodes[i] == n) {
-            memmove(g->nodes + i, g->nodes + i + 1, (size_t)(g->n - i - 1) * sizeof(Node *));
-            g->n--;
-            break;
-        }
+    graph_remove(g, n);
     free(n->m);
     free(n);
 }
 
 static void graph_join(Graph *g, Core *c)
 {
-    for (int r = 0; r < c->size; r++)
+    for (int r = 0; r < c->nh; r++)
         c->nodes[r] = graph_add(g, -1 - (int64_t)r, (int64_t)c->uid, c, r);
     c->joined = 1;
 }
@@ -553,23 +627,20 @@ static void graph_leave(Graph *g, Core *c)
 {
     if (!c->joined)
         return;
-    Node **kept = xmalloc((size_t)c->size * sizeof(Node *));
-    for (int r = 0; r < c->size; r++) { /* the core keeps the values of its nodes, as LockCore.nodes does */
+    Node **kept = xmalloc((size_t)c->nh * sizeof(Node *));
+    for (int r = 0; r < c->nh; r++) { /* the core keeps the values of its nodes, as LockCore.nodes does */
         kept[r] = calloc(1, sizeof(Node));
         if (!kept[r])
             die("out of memory");
         kept[r]->world = c->nodes[r]->world;
         kept[r]->token = c->nodes[r]->token;
     }
-    for (int r = 0; r < c->size; r++) {
-        Node *n = c->nodes[r];
-        int found = 0;
-        for (int i = 0; i < g->n && !found; i++)
-            found = g->nodes[i] == n;
-        if (found)
+    for (int r = 0; r < c->nh; r++) {
+        Node *n = graph_find(g, kept[r]->world, kept[r]->token); /* NULL once an earlier holder's drop freed it */
+        if (n)
             graph_drop_member(g, n, c, -1);
     }
-    memcpy(c->nodes, kept, (size_t)c->size * sizeof(Node *));
+    memcpy(c->nodes, kept, (size_t)c->nh * sizeof(Node *));
     free(kept);
     c->joined = 0;
 }
@@ -784,6 +855,8 @@ static int graph_order(Graph *g, Node *start, Edge **cycle)
         int nq = 0, capq = 0;
         for (int i = 0; i < g->n; i++) {
             Node *node = g->nodes[i];
+            if (!node)
+                continue;
             for (int j = 0; j < node->nm; j++) {
                 Request *r = node->m[j].core->waiting[node->m[j].rank];
                 if (!r)
@@ -885,6 +958,89 @@ static int graph_order(Graph *g, Node *start, Edge **cycle)
     }
 }
 
+/* -- holders (holders.py) ---------------------------------------------------------------------------- */
+/* The id of thread `slot` of `rank`, -1 if never seen. */
+static int holder_find(Core *c, int rank, int64_t slot)
+{
+    if (!slot)
+        return rank;
+    if (!c->hcap)
+        return -1;
+    int64_t key = (int64_t)rank | slot << SLOT_SHIFT;
+    size_t mask = c->hcap - 1;
+    for (size_t i = mix64((uint64_t)key) & mask;; i = (i + 1) & mask) {
+        if (c->hvals[i] < 0)
+            return -1;
+        if (c->hkeys[i] == key)
+            return c->hvals[i];
+    }
+}
+
+static void holder_map_put(Core *c, int64_t key, int h)
+{
+    if (2 * (c->hcount + 1) > c->hcap) {
+        size_t cap = c->hcap ? 2 * c->hcap : 16;
+        int64_t *keys = xmalloc(cap * sizeof(int64_t));
+        int *vals = xmalloc(cap * sizeof(int));
+        for (size_t i = 0; i < cap; i++)
+            vals[i] = -1;
+        for (size_t j = 0; j < c->hcap; j++)
+            if (c->hvals[j] >= 0) {
+                size_t i = mix64((uint64_t)c->hkeys[j]) & (cap - 1);
+                while (vals[i] >= 0)
+                    i = (i + 1) & (cap - 1);
+                keys[i] = c->hkeys[j];
+                vals[i] = c->hvals[j];
+            }
+        free(c->hkeys);
+        free(c->hvals);
+        c->hkeys = keys;
+        c->hvals = vals;
+        c->hcap = cap;
+    }
+    size_t i = mix64((uint64_t)key) & (c->hcap - 1);
+    while (c->hvals[i] >= 0)
+        i = (i + 1) & (c->hcap - 1);
+    c->hkeys[i] = key;
+    c->hvals[i] = h;
+    c->hcount++;
+}
+
+/* LockCore._new_holder: number thread `slot` (> 0) of `rank`, grow the per-holder state, join the graph. */
+static int holder_add(Core *c, int rank, int64_t slot)
+{
+    int h = c->nh;
+    if (h >= c->caph) {
+        int cap = 2 * c->caph;
+        c->hrank = realloc(c->hrank, (size_t)cap * sizeof(int));
+        c->hslot = realloc(c->hslot, (size_t)cap * sizeof(int));
+        c->waiting = realloc(c->waiting, (size_t)cap * sizeof(Request *));
+        c->held = realloc(c->held, (size_t)cap * sizeof(int64_t));
+        c->nodes = realloc(c->nodes, (size_t)cap * sizeof(Node *));
+        if (!c->hrank || !c->hslot || !c->waiting || !c->held || !c->nodes)
+            die("out of memory");
+        c->caph = cap;
+    }
+    c->hrank[h] = rank;
+    c->hslot[h] = (int)slot;
+    c->waiting[h] = NULL;
+    c->held[h] = 0;
+    c->nh++;
+    holder_map_put(c, (int64_t)rank | slot << SLOT_SHIFT, h);
+    c->nodes[h] = graph_add(c->graph, -1 - (int64_t)h, (int64_t)c->uid, c, h);
+    return h;
+}
+
+/* The holder that sent `seq`, numbered if new; -1 if seq names no thread. */
+static int holder_of(Core *c, int rank, int64_t seq)
+{
+    if (seq < 0)
+        return -1;
+    int64_t slot = seq >> SLOT_SHIFT;
+    int h = holder_find(c, rank, slot);
+    return h >= 0 ? h : holder_add(c, rank, slot);
+}
+
 /* -- the core (core.py) ------------------------------------------------------------------------------- */
 static KeyState *get_key(Core *c, const uint8_t *p, size_t n)
 {
@@ -935,7 +1091,7 @@ static void grant_queued(Core *c, Request *r, Out *out, KeyState *taken)
         }
     }
     c->held[r->rank] += r->nkeys;
-    out_add(out, r->rank, R_GRANTED, r->seq);
+    out_add(out, c->hrank[r->rank], R_GRANTED, r->seq);
     request_free(r);
 }
 
@@ -1013,6 +1169,8 @@ static void capture_cycle(Edge *cycle, int n, Special *sp)
         ce->target = e->target_rank;
         ce->queued = e->queued;
         ce->waiter_world = c->nodes[e->waiter_rank]->world;
+        ce->waiter_rank = c->hrank[e->waiter_rank];
+        ce->waiter_slot = c->hslot[e->waiter_rank];
         ce->len = e->key->len;
         ce->key = xmalloc(e->key->len);
         if (e->key->len)
@@ -1036,13 +1194,13 @@ static void capture_cycle(Edge *cycle, int n, Special *sp)
     }
 }
 
-static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, int mode, int64_t limit,
+static int core_request(Core *c, int h, int64_t seq, const KeyRef *keys, int nkeys, int mode, int64_t limit,
                         int64_t flags, int64_t site, double now, Out *out, Special *sp)
 {
-    if (c->waiting[rank])
+    if (c->waiting[h])
         return set_error(sp, E_AWAITING, -1);
-    Node *node = c->nodes[rank];
-    int holder = c->held[rank] > 0 || graph_holds_anything(node);
+    Node *node = c->nodes[h];
+    int holder = c->held[h] > 0 || graph_holds_anything(node);
     KeyState **states = xmalloc((size_t)nkeys * sizeof(KeyState *));
     int grantable = 1;
     for (int k = 0; k < nkeys; k++) {
@@ -1050,7 +1208,7 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
         states[k] = s;
         if (!s)
             continue;
-        if (state_holds(s, rank)) {
+        if (state_holds(s, h)) {
             free(states);
             return set_error(sp, E_HOLDS, k);
         }
@@ -1065,10 +1223,10 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
             sp->b = limit;
             sp->users = xmalloc((size_t)(s->nreaders + s->nwriters) * sizeof(int));
             for (int i = 0; i < s->nreaders; i++)
-                sp->users[sp->nusers++] = s->rranks[i];
+                sp->users[sp->nusers++] = c->hrank[s->rranks[i]];
             for (int i = 0; i < s->nwriters; i++)
-                sp->users[sp->nusers++] = s->writers[i]->rank;
-            out_add(out, rank, R_REFUSED, seq);
+                sp->users[sp->nusers++] = c->hrank[s->writers[i]->rank];
+            out_add(out, c->hrank[h], R_REFUSED, seq);
             return 0;
         }
         if (grantable && (s->nwriters || !free_for(s, mode)))
@@ -1082,23 +1240,23 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
                     return set_error(sp, E_DUPLICATE, -1);
                 }
     if (grantable) {
-        Hold h = {seq, site, now, 0, 0, 0, 0.0};
+        Hold hold = {seq, site, now, 0, 0, 0, 0.0};
         for (int k = 0; k < nkeys; k++) {
             KeyState *s = states[k] ? states[k] : state_new(c, keys[k].data, keys[k].len, limit);
             if (mode == M_WRITE) {
-                s->writer = rank;
-                s->write_hold = h;
+                s->writer = h;
+                s->write_hold = hold;
             } else {
-                readers_add(s, rank, h);
+                readers_add(s, h, hold);
             }
         }
-        c->held[rank] += nkeys;
-        out_add(out, rank, R_GRANTED, seq);
+        c->held[h] += nkeys;
+        out_add(out, c->hrank[h], R_GRANTED, seq);
         free(states);
         return 0;
     }
     if (flags & F_TRY) {
-        out_add(out, rank, R_DENIED, seq);
+        out_add(out, c->hrank[h], R_DENIED, seq);
         free(states);
         return 0;
     }
@@ -1106,7 +1264,7 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
     if (!r)
         die("out of memory");
     r->core = c;
-    r->rank = rank;
+    r->rank = h;
     r->seq = seq;
     r->mode = mode;
     r->site = site;
@@ -1119,7 +1277,7 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
             states[k] = state_new(c, keys[k].data, keys[k].len, limit);
         state_queue(states[k], r);
     }
-    c->waiting[rank] = r;
+    c->waiting[h] = r;
     int check = holder;
     if (!check && mode == M_WRITE)
         for (int k = 0; k < nkeys && !check; k++)
@@ -1136,7 +1294,7 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
         request_free(r);
         for (int k = 0; k < nkeys; k++)
             drop_if_idle(c, keys[k].data, keys[k].len);
-        out_add(out, rank, R_DEADLOCK, seq);
+        out_add(out, c->hrank[h], R_DEADLOCK, seq);
         return 0;
     }
     Graph *g = c->graph;
@@ -1160,13 +1318,13 @@ static int core_request(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
     return 0;
 }
 
-static int core_upgrade(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, int64_t site, double now,
+static int core_upgrade(Core *c, int h, int64_t seq, const KeyRef *keys, int nkeys, int64_t site, double now,
                         Out *out, Special *sp)
 {
     KeyState **states = xmalloc((size_t)nkeys * sizeof(KeyState *));
     for (int k = 0; k < nkeys; k++) {
         KeyState *s = get_key(c, keys[k].data, keys[k].len);
-        if (!s || reader_index(s, rank) < 0 || s->limit) {
+        if (!s || reader_index(s, h) < 0 || s->limit) {
             free(states);
             return set_error(sp, E_UPGRADE, k);
         }
@@ -1174,51 +1332,51 @@ static int core_upgrade(Core *c, int rank, int64_t seq, const KeyRef *keys, int 
     }
     for (int k = 0; k < nkeys; k++)
         if (states[k]->nreaders > 1 || states[k]->nwriters) {
-            out_add(out, rank, R_DENIED, seq);
+            out_add(out, c->hrank[h], R_DENIED, seq);
             free(states);
             return 0;
         }
     for (int k = 0; k < nkeys; k++) {
         Hold before;
-        if (!readers_pop(states[k], rank, &before))
+        if (!readers_pop(states[k], h, &before))
             die("internal error: an upgrade named a key twice");
-        Hold h = {seq, site, now, 1, before.seq, before.site, before.since};
-        states[k]->writer = rank;
-        states[k]->write_hold = h;
+        Hold hold = {seq, site, now, 1, before.seq, before.site, before.since};
+        states[k]->writer = h;
+        states[k]->write_hold = hold;
     }
-    out_add(out, rank, R_GRANTED, seq);
+    out_add(out, c->hrank[h], R_GRANTED, seq);
     free(states);
     return 0;
 }
 
-static int release_key(Core *c, int rank, const KeyRef *key, int index, Special *sp)
+static int release_key(Core *c, int h, const KeyRef *key, int index, Special *sp)
 {
     KeyState *s = get_key(c, key->data, key->len);
     if (s) {
-        if (s->writer == rank) {
+        if (s->writer == h) {
             s->writer = -1;
-            c->held[rank]--;
+            c->held[h]--;
             return 0;
         }
-        if (readers_pop(s, rank, NULL)) {
-            c->held[rank]--;
+        if (readers_pop(s, h, NULL)) {
+            c->held[h]--;
             return 0;
         }
     }
     return set_error(sp, E_RELEASE, index);
 }
 
-static void downgrade_state(int rank, KeyState *s)
+static void downgrade_state(int h, KeyState *s)
 {
-    Hold h = s->write_hold;
+    Hold w = s->write_hold;
     s->writer = -1;
-    Hold back = h.has_before ? (Hold){h.bseq, h.bsite, h.bsince, 0, 0, 0, 0.0} : (Hold){h.seq, h.site, h.since, 0, 0, 0, 0.0};
-    readers_add(s, rank, back);
+    Hold back = w.has_before ? (Hold){w.bseq, w.bsite, w.bsince, 0, 0, 0, 0.0} : (Hold){w.seq, w.site, w.since, 0, 0, 0, 0.0};
+    readers_add(s, h, back);
 }
 
-static int core_cancel(Core *c, int rank, int64_t seq, const KeyRef *keys, int nkeys, Out *out, Special *sp)
+static int core_cancel(Core *c, int h, int64_t seq, const KeyRef *keys, int nkeys, Out *out, Special *sp)
 {
-    Request *r = c->waiting[rank];
+    Request *r = c->waiting[h];
     if (r && r->seq == seq) {
         unqueue(c, r, NULL);
         /* keys = request.keys: schedule them after the reply */
@@ -1233,7 +1391,7 @@ static int core_cancel(Core *c, int rank, int64_t seq, const KeyRef *keys, int n
             mine[k].len = r->keys[k]->len;
         }
         request_free(r);
-        out_add(out, rank, R_CANCELLED, seq);
+        out_add(out, c->hrank[h], R_CANCELLED, seq);
         for (int k = 0; k < n; k++)
             schedule(c, mine[k].data, mine[k].len, out);
         for (int k = 0; k < n; k++)
@@ -1246,37 +1404,55 @@ static int core_cancel(Core *c, int rank, int64_t seq, const KeyRef *keys, int n
         KeyState *s = get_key(c, keys[k].data, keys[k].len);
         if (!s)
             continue;
-        Hold *h = NULL;
-        if (s->writer == rank) {
-            h = &s->write_hold;
+        Hold *hold = NULL;
+        if (s->writer == h) {
+            hold = &s->write_hold;
         } else {
-            int at = reader_index(s, rank);
+            int at = reader_index(s, h);
             if (at >= 0)
-                h = &s->rholds[at];
+                hold = &s->rholds[at];
         }
-        if (!h || h->seq != seq)
+        if (!hold || hold->seq != seq)
             continue;
-        if (h->has_before)
-            downgrade_state(rank, s);
-        else if (release_key(c, rank, &keys[k], k, sp))
+        if (hold->has_before)
+            downgrade_state(h, s);
+        else if (release_key(c, h, &keys[k], k, sp))
             return -1;
     }
-    out_add(out, rank, R_CANCELLED, seq);
+    out_add(out, c->hrank[h], R_CANCELLED, seq);
     for (int k = 0; k < nkeys; k++)
         schedule(c, keys[k].data, keys[k].len, out);
     return 0;
 }
 
-static int core_close(Core *c, int rank, int64_t seq, Out *out, Special *sp)
+/* Closing by any thread of a rank: every holder of the rank lets go of its holds (key by key, the writer
+ * then the readers in order) and its queued request (no reply), as LockCore._on_close. */
+static int core_close(Core *c, int h, int64_t seq, Out *out, Special *sp)
 {
+    int rank = c->hrank[h];
     if (c->closing[rank])
         return set_error(sp, E_CLOSED_TWICE, -1);
-    int n = 0, cap = 0;
+    int n = 0, cap = 0, nrel = 0, caprel = 0;
     KeyRef *touched = NULL;
     uint8_t **copies = NULL;
     int ncopies = 0, capcopies = 0;
-    for (KeyState *s = c->first; s; s = s->next)
-        if (state_holds(s, rank)) {
+    struct { int h; KeyState *s; } *rel = NULL;
+    for (KeyState *s = c->first; s; s = s->next) {
+        int any = 0;
+        if (s->writer >= 0 && c->hrank[s->writer] == rank) {
+            GROW(rel, nrel, caprel);
+            rel[nrel].h = s->writer;
+            rel[nrel++].s = s;
+            any = 1;
+        }
+        for (int i = 0; i < s->nreaders; i++)
+            if (c->hrank[s->rranks[i]] == rank) {
+                GROW(rel, nrel, caprel);
+                rel[nrel].h = s->rranks[i];
+                rel[nrel++].s = s;
+                any = 1;
+            }
+        if (any) {
             GROW(touched, n, cap);
             GROW(copies, ncopies, capcopies);
             copies[ncopies] = xmalloc(s->len);
@@ -1286,10 +1462,16 @@ static int core_close(Core *c, int rank, int64_t seq, Out *out, Special *sp)
             touched[n].len = s->len;
             n++;
         }
-    for (int k = 0; k < n; k++)
-        release_key(c, rank, &touched[k], k, sp);
-    Request *r = c->waiting[rank];
-    if (r) {
+    }
+    for (int k = 0; k < nrel; k++) {
+        KeyRef key = {rel[k].s->key, rel[k].s->len};
+        release_key(c, rel[k].h, &key, k, sp);
+    }
+    free(rel);
+    for (int w = 0; w < c->nh; w++) { /* slot 0 (id rank) first, then the others as first seen */
+        Request *r = c->hrank[w] == rank ? c->waiting[w] : NULL;
+        if (!r)
+            continue;
         unqueue(c, r, NULL);
         for (int k = 0; k < r->nkeys; k++) {
             GROW(touched, n, cap);
@@ -1343,15 +1525,24 @@ static int core_handle(Core *c, int rank, int op, int64_t seq, int64_t arg, int6
         rc = set_error(sp, E_CLOSED, -1);
         goto done;
     }
+    int h = rank;
+    if (op == OP_READ || op == OP_WRITE || op == OP_BOUNDED || op == OP_FENCE_BEGIN || op == OP_RELEASE ||
+        op == OP_DOWNGRADE || op == OP_CANCEL || op == OP_HELLO || op == OP_CLOSE) {
+        h = holder_of(c, rank, seq);
+        if (h < 0) {
+            rc = set_error(sp, E_SEQ, -1);
+            goto done;
+        }
+    }
     switch (op) {
     case OP_READ:
-        rc = core_request(c, rank, seq, keys, nkeys, M_READ, 0, arg, site, now, out, sp);
+        rc = core_request(c, h, seq, keys, nkeys, M_READ, 0, arg, site, now, out, sp);
         break;
     case OP_WRITE:
         if (arg & F_UPGRADE)
-            rc = core_upgrade(c, rank, seq, keys, nkeys, site, now, out, sp);
+            rc = core_upgrade(c, h, seq, keys, nkeys, site, now, out, sp);
         else
-            rc = core_request(c, rank, seq, keys, nkeys, M_WRITE, 0, arg, site, now, out, sp);
+            rc = core_request(c, h, seq, keys, nkeys, M_WRITE, 0, arg, site, now, out, sp);
         break;
     case OP_BOUNDED:
         if (aux < 1 || nkeys != 1 || !is_bounded_key(&keys[0])) {
@@ -1360,14 +1551,14 @@ static int core_handle(Core *c, int rank, int op, int64_t seq, int64_t arg, int6
             sp->b = nkeys;
             break;
         }
-        rc = core_request(c, rank, seq, keys, nkeys, M_SLOT, aux, arg, site, now, out, sp);
+        rc = core_request(c, h, seq, keys, nkeys, M_SLOT, aux, arg, site, now, out, sp);
         break;
     case OP_FENCE_BEGIN:
-        rc = core_request(c, rank, seq, &DEFAULT_KEY, 1, M_WRITE, 0, 0, site, now, out, sp);
+        rc = core_request(c, h, seq, &DEFAULT_KEY, 1, M_WRITE, 0, 0, site, now, out, sp);
         break;
     case OP_RELEASE:
         for (int k = 0; k < nkeys && !rc; k++)
-            rc = release_key(c, rank, &keys[k], k, sp);
+            rc = release_key(c, h, &keys[k], k, sp);
         if (!rc)
             for (int k = 0; k < nkeys; k++)
                 schedule(c, keys[k].data, keys[k].len, out);
@@ -1375,23 +1566,23 @@ static int core_handle(Core *c, int rank, int op, int64_t seq, int64_t arg, int6
     case OP_DOWNGRADE:
         for (int k = 0; k < nkeys && !rc; k++) {
             KeyState *s = get_key(c, keys[k].data, keys[k].len);
-            if (!s || s->writer != rank)
+            if (!s || s->writer != h)
                 rc = set_error(sp, E_DOWNGRADE, k);
             else
-                downgrade_state(rank, s);
+                downgrade_state(h, s);
         }
         if (!rc)
             for (int k = 0; k < nkeys; k++)
                 schedule(c, keys[k].data, keys[k].len, out);
         break;
     case OP_CANCEL:
-        rc = core_cancel(c, rank, seq, keys, nkeys, out, sp);
+        rc = core_cancel(c, h, seq, keys, nkeys, out, sp);
         break;
     case OP_HELLO:
-        graph_move(c->graph, c, rank, arg, aux);
+        graph_move(c->graph, c, h, arg, aux);
         break;
     case OP_CLOSE:
-        rc = core_close(c, rank, seq, out, sp);
+        rc = core_close(c, h, seq, out, sp);
         break;
     default:
         rc = set_error(sp, E_UNKNOWN_OP, -1);
@@ -2023,11 +2214,13 @@ static void graph_unref(Graph *g)
 {
     if (--g->refs)
         return;
-    for (int i = 0; i < g->n; i++) {
-        free(g->nodes[i]->m);
-        free(g->nodes[i]);
-    }
+    for (int i = 0; i < g->n; i++)
+        if (g->nodes[i]) {
+            free(g->nodes[i]->m);
+            free(g->nodes[i]);
+        }
     free(g->nodes);
+    free(g->buckets);
     reordered_clear(g);
     free(g->re);
     free(g);
@@ -2071,13 +2264,17 @@ static void core_free(Core *c)
         state_free(s);
         s = next;
     }
-    for (int r = 0; r < c->size; r++)
+    for (int r = 0; r < c->nh; r++)
         if (c->waiting[r])
             request_free(c->waiting[r]);
     graph_leave(c->graph, c);
     graph_unref(c->graph);
-    for (int r = 0; r < c->size; r++)
+    for (int r = 0; r < c->nh; r++)
         free(c->nodes[r]); /* left the graph: its own copies */
+    free(c->hrank);
+    free(c->hslot);
+    free(c->hkeys);
+    free(c->hvals);
     free(c->buckets);
     free(c->member);
     free(c->waiting);
@@ -2122,6 +2319,11 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->nodes = calloc((size_t)size, sizeof(Node *));
     c->closing = calloc((size_t)size, 1);
     c->closing_seq = calloc((size_t)size, sizeof(int64_t));
+    c->hrank = xmalloc((size_t)size * sizeof(int));
+    c->hslot = calloc((size_t)size, sizeof(int));
+    c->nh = c->caph = size;
+    for (int r = 0; r < size; r++)
+        c->hrank[r] = r;
     c->nbuckets = 16;
     c->buckets = calloc(c->nbuckets, sizeof(KeyState *));
     c->record = rec;
@@ -2137,6 +2339,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             free(c->nodes);
             free(c->closing);
             free(c->closing_seq);
+            free(c->hrank);
+            free(c->hslot);
             free(c->buckets);
             free(c);
             return NULL;
@@ -2219,7 +2423,7 @@ static PyObject *replies_list(const Reply *r, int n)
 
 /* A special reply as Python data: ("error", kind, key index, a, b) / ("refused", key, limit, asked, users) /
  * ("deadlock", [edge, ...]) with edge = (core uid, waiter, target, queued, waiter world, key, hold mode,
- * hold site, wait mode, wait site). */
+ * hold site, wait mode, wait site, waiter rank, waiter slot); waiter and target are holder ids. */
 static PyObject *special_object(Special *sp)
 {
     if (sp->kind == S_ERROR)
@@ -2238,10 +2442,10 @@ static PyObject *special_object(Special *sp)
             return NULL;
         for (int i = 0; i < sp->ncycle; i++) {
             CycleEdge *e = &sp->cycle[i];
-            PyObject *t = Py_BuildValue("(KiiiLy#iLiL)", (unsigned long long)e->core_uid, e->waiter, e->target,
+            PyObject *t = Py_BuildValue("(KiiiLy#iLiLii)", (unsigned long long)e->core_uid, e->waiter, e->target,
                                         e->queued, (long long)e->waiter_world, (const char *)e->key,
                                         (Py_ssize_t)e->len, e->hold_mode, (long long)e->hold_site, e->wait_mode,
-                                        (long long)e->wait_site);
+                                        (long long)e->wait_site, e->waiter_rank, e->waiter_slot);
             if (!t) {
                 Py_DECREF(edges);
                 return NULL;
@@ -2341,8 +2545,8 @@ static PyObject *request_object(Request *r)
 /* The state as plain data (built under the GIL with g_lock held: nothing here calls back into this module). */
 static PyObject *core_snapshot(Core *c)
 {
-    PyObject *keys = PyList_New(0), *waiting = PyDict_New(), *held = PyList_New(c->size),
-             *nodes = PyList_New(c->size), *closing = PyDict_New();
+    PyObject *keys = PyList_New(0), *waiting = PyDict_New(), *held = PyList_New(c->nh),
+             *nodes = PyList_New(c->nh), *closing = PyDict_New();
     if (!keys || !waiting || !held || !nodes || !closing)
         goto fail;
     for (KeyState *s = c->first; s; s = s->next) {
@@ -2369,7 +2573,7 @@ static PyObject *core_snapshot(Core *c)
         }
         Py_DECREF(entry);
     }
-    for (int r = 0; r < c->size; r++) {
+    for (int r = 0; r < c->nh; r++) {
         if (c->waiting[r]) {
             PyObject *k = PyLong_FromLong(r), *v = PyLong_FromLongLong(c->waiting[r]->seq);
             if (!k || !v || PyDict_SetItem(waiting, k, v) < 0) {
@@ -2380,7 +2584,7 @@ static PyObject *core_snapshot(Core *c)
             Py_DECREF(k);
             Py_DECREF(v);
         }
-        if (c->closing[r]) {
+        if (r < c->size && c->closing[r]) {
             PyObject *k = PyLong_FromLong(r), *v = PyLong_FromLongLong(c->closing_seq[r]);
             if (!k || !v || PyDict_SetItem(closing, k, v) < 0) {
                 Py_XDECREF(k);
@@ -2472,6 +2676,67 @@ static PyObject *Core_drain(CoreObject *self, PyObject *unused)
     return list;
 }
 
+static PyObject *Core_holder(CoreObject *self, PyObject *args)
+{
+    int rank;
+    long long slot;
+    if (!PyArg_ParseTuple(args, "iL", &rank, &slot))
+        return NULL;
+    if (rank < 0 || rank >= self->core->size || slot < 0 || slot >= (1LL << 23)) {
+        PyErr_SetString(PyExc_ValueError, "no such rank or slot");
+        return NULL;
+    }
+    lock_world();
+    Core *c = self->core;
+    int h = holder_find(c, rank, slot);
+    if (h < 0 && !c->closed)
+        h = holder_add(c, rank, slot);
+    pthread_mutex_unlock(&g_lock);
+    return PyLong_FromLong(h);
+}
+
+static PyObject *Core_who(CoreObject *self, PyObject *args)
+{
+    int h;
+    if (!PyArg_ParseTuple(args, "i", &h))
+        return NULL;
+    lock_world();
+    Core *c = self->core;
+    int ok = h >= 0 && h < c->nh, rank = ok ? c->hrank[h] : 0, slot = ok ? c->hslot[h] : 0;
+    pthread_mutex_unlock(&g_lock);
+    if (!ok) {
+        PyErr_SetString(PyExc_IndexError, "no such holder");
+        return NULL;
+    }
+    return Py_BuildValue("(ii)", rank, slot);
+}
+
+/* Bytes the core allocated per holder (a count, not a measurement): the per-holder arrays, the holder map
+ * and, while joined, each holder's graph node (with its member list and its places in the graph). */
+static PyObject *Core_holder_bytes(CoreObject *self, void *closure)
+{
+    (void)closure;
+    lock_world();
+    Core *c = self->core;
+    size_t n = (size_t)c->caph * (2 * sizeof(int) + sizeof(Request *) + sizeof(int64_t) + sizeof(Node *));
+    n += c->hcap * (sizeof(int64_t) + sizeof(int));
+    Graph *g = c->graph;
+    for (int h = 0; h < c->nh; h++) {
+        Node *node = c->nodes[h];
+        n += sizeof(Node) + (size_t)node->capm * sizeof(Member) / (size_t)(node->nm ? node->nm : 1);
+        if (c->joined && g->n)
+            n += sizeof(Node *) * ((size_t)g->cap + g->nbuckets) / (size_t)g->count;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *Core_holders(CoreObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->core->nh);
+}
+
 static PyObject *Core_closed(CoreObject *self, void *closure)
 {
     (void)closure;
@@ -2491,11 +2756,17 @@ static PyMethodDef Core_methods[] = {
      "Return and forget the replies that another core's request caused here."},
     {"snapshot", (PyCFunction)Core_snapshot, METH_NOARGS, "The whole state as plain data."},
     {"drain", (PyCFunction)Core_drain, METH_NOARGS, "Return and forget the recorded events."},
+    {"holder", (PyCFunction)Core_holder, METH_VARARGS,
+     "holder(rank, slot) -> the id of thread slot of rank, numbered now if new (-1 once closed)."},
+    {"who", (PyCFunction)Core_who, METH_VARARGS, "who(holder) -> (rank, slot) of a holder id."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Core_getset[] = {
     {"closed", (getter)Core_closed, NULL, "Whether every member rank has closed.", NULL},
     {"uid", (getter)Core_uid, NULL, "A number unique to this core in the process.", NULL},
+    {"holders", (getter)Core_holders, NULL, "Number of holders (threads of ranks) numbered so far.", NULL},
+    {"holder_bytes", (getter)Core_holder_bytes, NULL, "Bytes allocated for the holders (arrays, map, graph nodes).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject CoreType = {

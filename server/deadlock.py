@@ -37,7 +37,11 @@ Node = tuple[int, int]
 
 
 class Core(Protocol):
-    """What the graph needs of a lock core."""
+    """What the graph needs of a lock core.
+
+    The ``rank`` of a core here is its *holder* id: a thread of a rank
+    (:mod:`.holders`; slot 0 of rank ``r`` is id ``r``).
+    """
 
     name: str
     nodes: list[Node]
@@ -56,6 +60,9 @@ class Core(Protocol):
 
     def describe_wait(self, rank: int, key: bytes) -> str:
         """Say what ``rank``'s queued request asks for on ``key``, for a message."""
+
+    def name_of(self, holder: int) -> str:
+        """Name ``holder`` for a message: ``rank 2``, ``rank 2 / worker`` for a rank's other threads."""
 
 
 class Edge(NamedTuple):
@@ -85,6 +92,10 @@ class WaitGraph:
         """Add every rank of ``core`` under its current node."""
         for rank, node in enumerate(core.nodes):
             self._members.setdefault(node, []).append((core, rank))
+
+    def add(self, core: Core, holder: int) -> None:
+        """Add ``core``'s new holder ``holder`` under its current node (a thread first seen)."""
+        self._members.setdefault(core.nodes[holder], []).append((core, holder))
 
     def leave(self, core: Core) -> None:
         """Forget ``core`` (it closed)."""
@@ -216,10 +227,9 @@ class WaitGraph:
         self._arrivals = 4.0 * len(ordered) + 4.0
 
 
-def rank_name(core: Core, rank: int) -> str:
-    """``rank 2``, with its world rank if that differs."""
-    world = core.nodes[rank][0]
-    return f"rank {rank}" if world in (rank, -1 - rank) else f"rank {rank} (world rank {world})"
+def rank_name(core: Core, holder: int) -> str:
+    """``rank 2``, with its world rank if that differs, and ``/ <thread name>`` for a rank's other threads."""
+    return core.name_of(holder)
 
 
 def describe_cycle(cycle: list[Edge]) -> str:

@@ -33,8 +33,9 @@ from .core import MODES, lock_table
 from .deadlock import Core, Edge, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
+from .holders import holder_text
 from .locks import KeyState, Request
-from .protocol import FenceStatus, Flag, Op, Reply
+from .protocol import SLOT_SHIFT, FenceStatus, Flag, Op, Reply
 
 if TYPE_CHECKING:
     from .frames import Payload
@@ -117,7 +118,8 @@ _DEADLOCK, _REFUSED = int(Reply.DEADLOCK), int(Reply.REFUSED)
     _E_UPGRADE,
     _E_RELEASE,
     _E_CLOSED_TWICE,
-) = range(1, 13)
+    _E_SEQ,
+) = range(1, 14)
 
 _ERRORS = {
     _E_MEMBER: "rank {rank} is not one of the lock's {members} member ranks",
@@ -132,6 +134,7 @@ _ERRORS = {
     _E_UPGRADE: "rank {rank} upgraded {key}, which it does not hold for read",
     _E_RELEASE: "rank {rank} released {key}, which it does not hold",
     _E_CLOSED_TWICE: "rank {rank} closed twice",
+    _E_SEQ: "rank {rank} sent seq {seq}, which names no thread",
 }
 """The texts of :mod:`.core`'s protocol errors, by the kind the C core reports."""
 
@@ -175,6 +178,10 @@ class _CycleCore:
         self.nodes: dict[int, tuple[int, int]] = {}
         self.holds: dict[tuple[int, bytes, bool], str] = {}
         self.waits: dict[tuple[int, bytes], str] = {}
+        self.names: dict[int, str] = {}
+
+    def name_of(self, holder: int) -> str:
+        return self.names[holder]
 
     def describe_hold(self, rank: int, key: bytes, queued: bool) -> str:
         return self.holds[(rank, key, queued)]
@@ -208,6 +215,8 @@ class NativeLockCore:
         self.sites: dict[tuple[int, int], str] = {}
         """(rank, site id) -> ``file:line`` of an acquire site, as the rank named it."""
         self.fences = FenceBook(size, self.members)
+        self.names: dict[int, str] = {}
+        """Holder id -> the thread name its hello gave (the C core numbers the holders)."""
         _CORES[self.native.uid] = self
         self._python: dict[
             int, Callable[[int, int, int, int, Payload | None, tuple[bytes, ...], int, float], list[Send]]
@@ -242,11 +251,18 @@ class NativeLockCore:
         """Apply request ``op`` from ``rank`` on ``keys``; return the replies to send (as :meth:`LockCore.handle`)."""
         handler = self._python.get(op)
         if handler is None:
-            return self.lock(rank, op, seq, arg, aux, keys, site, now)
+            out = self.lock(rank, op, seq, arg, aux, keys, site, now)
+            if op == Op.HELLO and isinstance(payload, bytes) and payload:  # the thread's name, for reports
+                self.names[self.native.holder(rank, seq >> SLOT_SHIFT)] = payload.decode(errors="replace")
+            return out
         if rank not in self.members:
             raise ProtocolError(_ERRORS[_E_MEMBER].format(rank=rank, members=len(self.members)))
         if self.closed:
             raise ProtocolError(_ERRORS[_E_CLOSED].format(op=op, rank=rank))
+        if seq < 0:
+            raise ProtocolError(_ERRORS[_E_SEQ].format(rank=rank, seq=seq))
+        if seq >> SLOT_SHIFT:  # numbered on first sight whatever the op, as the Python core does
+            self.native.holder(rank, seq >> SLOT_SHIFT)
         return handler(rank, seq, arg, aux, payload, keys, site, now)
 
     def lock(
@@ -258,17 +274,18 @@ class NativeLockCore:
         if special is None:
             return out
         if special[0] == "error":
-            raise ProtocolError(self.error_text(special, rank, op, aux, keys))
+            raise ProtocolError(self.error_text(special, rank, op, aux, keys, seq))
         text = self.special_text(special, rank, keys).encode()
         return [s._replace(payload=text) if s.code in (_DEADLOCK, _REFUSED) and s.rank == rank else s for s in out]
 
-    def error_text(self, special: Special, rank: int, op: int, aux: int, keys: tuple[bytes, ...]) -> str:
+    def error_text(self, special: Special, rank: int, op: int, aux: int, keys: tuple[bytes, ...], seq: int = 0) -> str:
         """Return the text of the protocol error the C core reported (that of :mod:`.core`)."""
         _, kind, index, _, _ = special
         if op == Op.FENCE_BEGIN or op == Op.CLOSE or op == Op.HELLO:
             keys = _DEFAULT_KEYS
         key = keyspace.describe(keys[index]) if 0 <= index < len(keys) else ""
-        return _ERRORS[kind].format(rank=rank, op=op, members=len(self.members), aux=aux, count=len(keys), key=key)
+        members = len(self.members)
+        return _ERRORS[kind].format(rank=rank, op=op, members=members, aux=aux, count=len(keys), key=key, seq=seq)
 
     def special_text(self, special: Special, rank: int, keys: tuple[bytes, ...]) -> str:
         """Return the text of ``rank``'s refusal or deadlock, as :mod:`.core` words it."""
@@ -401,7 +418,17 @@ class NativeLockCore:
 
     def table(self, now: float, wanted: Iterable[bytes] | None = None) -> list[dict[str, object]]:
         """Holders and waiters of ``wanted`` keys (default: every key in use), as :meth:`LockCore.table`."""
-        return lock_table(self.keys, self.site, now, wanted)
+        return lock_table(self.keys, self.site, now, wanted, self)
+
+    def holder(self, rank: int, slot: int) -> int | None:
+        """Return the holder id of thread ``slot`` of ``rank`` (numbered now if new, as a request would)."""
+        found = int(self.native.holder(rank, slot))
+        return found if found >= 0 else None
+
+    def who(self, holder: int) -> tuple[int, int, str | None]:
+        """Return ``(rank, slot, thread name or None)`` of ``holder``."""
+        rank, slot = self.native.who(holder)
+        return rank, slot, self.names.get(holder)
 
     def drain(self) -> list[tuple[float, int, int, int, tuple[bytes, ...], list[Send]]]:
         """Return and forget the recorded events: ``(now, rank, op, seq, keys, replies)`` for ``Recorder.observe``."""
@@ -420,19 +447,22 @@ def describe_native_cycle(edges: list[tuple[Any, ...]]) -> str:
     """Return the text :func:`describe_cycle` gives the cycle the C core found (its edges as captured data)."""
     views: dict[int, _CycleCore] = {}
     cycle: list[Edge] = []
-    for uid, waiter, target, queued, world, key, hold_mode, hold_site, wait_mode, wait_site in edges:
+    for uid, waiter, target, queued, world, key, hold_mode, hold_site, wait_mode, wait_site, rank, slot in edges:
         core = _CORES.get(uid)
         view = views.get(uid)
         if view is None:
             view = views[uid] = _CycleCore(core.name if core is not None else f"controller #{uid}")
-        site = core.site if core is not None else (lambda rank, site: "?")
+        names = core.names if core is not None else {}
         view.nodes[waiter] = (world, 0)
+        view.names[waiter] = holder_text(rank, slot, world, waiter, names.get(waiter))
         name = keyspace.describe(key)
         if queued:
             view.holds[(target, key, True)] = f"is queued ahead for {MODES[hold_mode]} {name}"
         else:
-            view.holds[(target, key, False)] = f"holds {MODES[hold_mode]} {name} (taken at {site(target, hold_site)})"
-        view.waits[(waiter, key)] = f"waits for {MODES[wait_mode]} {name} (at {site(waiter, wait_site)})"
+            taken = core.site(core.who(target)[0], hold_site) if core is not None else "?"
+            view.holds[(target, key, False)] = f"holds {MODES[hold_mode]} {name} (taken at {taken})"
+        waited = core.site(rank, wait_site) if core is not None else "?"
+        view.waits[(waiter, key)] = f"waits for {MODES[wait_mode]} {name} (at {waited})"
         node = (world, 0)
         cycle.append(Edge(node, node, cast(Core, view), waiter, target, key, bool(queued)))
     return describe_cycle(cycle)

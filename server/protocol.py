@@ -29,6 +29,20 @@ KEY_AREA = MAX_MESSAGE - HEADER.size
 KEY_LENGTH = struct.Struct("<H")
 """Length prefix of each key in a multi-key area."""
 
+SLOT_SHIFT = 40
+"""Where the sending thread's slot sits in a request's ``seq``: ``seq = (slot << SLOT_SHIFT) | n``.
+
+``slot`` (0 .. 2**23 - 1) names the thread of the sending rank (slot 0 is
+the first thread that used the controller on that rank) and ``n`` counts that
+thread's requests (``n >= 1``).  Every request carries its thread's slot, the
+ones that get no reply (RELEASE, DOWNGRADE, SITE, HELLO) included: the server
+holds and queues locks per *holder*, a thread of a rank.  Replies carry the
+request's ``seq`` unchanged (that is how a client routes a reply to its
+thread), and CANCEL carries the ``seq`` of the request it withdraws, so it
+names the holder too."""
+SLOT_LIMIT = 1 << 23
+"""Slots are below this: ``seq`` stays a positive int64."""
+
 TAG_REQUEST = 11
 TAG_REPLY = 12
 TAG_PAYLOAD = 13
@@ -72,7 +86,10 @@ class Op(IntEnum):
     SITE = 13
     """Name acquire site ``arg``: the key area is its text (``file:line``).  No reply."""
     HELLO = 14
-    """Identify the thread behind this rank: ``arg`` its world rank, ``aux`` a thread token.  No reply."""
+    """Identify the thread that sends it (its slot in ``seq``): ``arg`` its world rank, ``aux`` a thread token.
+
+    The payload, if any, is the thread's name (UTF-8), for reports.  Sent once
+    per thread and controller.  No reply."""
     LOCKS = 15
     """Ask for the lock table; replied with PAYLOAD.  With :data:`Flag.FILTER`, only of the key(s)."""
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from mpilock.server import keys as keyspace
 from mpilock.server.core import LockCore, ProtocolError, Send
-from mpilock.server.protocol import FenceStatus, Flag, Op, Reply
+from mpilock.server.protocol import SLOT_SHIFT, FenceStatus, Flag, Op, Reply
 
 
 def granted(replies: list[Send]) -> list[int]:
@@ -246,3 +247,122 @@ def test_uncollected_frame_payloads_do_not_pile_up_and_are_not_given_away():
         peak = max(peak, core.fences.stored_bytes())
     assert 100_001 <= peak <= 2 * 100_001
     assert not any(f.owned for f in sent)  # dropped without a collect: nobody was handed them
+
+
+# -- several threads of one rank are separate holders (issue 18); both cores ---------------------------------
+def _cores() -> list[str]:
+    from mpilock.server.native_core import available
+
+    return ["python", "native"] if available() else ["python"]
+
+
+@pytest.fixture(params=_cores())
+def make_core(request):
+    """Build a Python or a native core of ``size`` ranks."""
+    if request.param == "python":
+        return LockCore
+    from mpilock.server.native_core import NativeLockCore
+
+    return NativeLockCore
+
+
+def s(slot: int, n: int) -> int:
+    """The seq of request ``n`` of thread ``slot``."""
+    return slot << SLOT_SHIFT | n
+
+
+def codes(replies: list[Send]) -> list[tuple[int, Reply, int]]:
+    return [(r.rank, r.code, r.seq) for r in replies]
+
+
+def test_two_threads_of_a_rank_exclude_each_other_on_write(make_core):
+    core = make_core(2)
+    assert codes(core.handle(0, Op.WRITE, s(1, 1))) == [(0, Reply.GRANTED, s(1, 1))]
+    assert core.handle(0, Op.WRITE, s(2, 1)) == []  # another thread of rank 0 waits
+    assert core.handle(0, Op.READ, s(0, 1)) == []  # and so does the rank's first thread
+    out = core.handle(0, Op.RELEASE, s(1, 2))
+    assert codes(out) == [(0, Reply.GRANTED, s(2, 1))]  # writers in arrival order, reply routed by seq
+    assert codes(core.handle(0, Op.RELEASE, s(2, 2))) == [(0, Reply.GRANTED, s(0, 1))]
+
+
+def test_reads_of_two_threads_share(make_core):
+    core = make_core(1)
+    assert codes(core.handle(0, Op.READ, s(1, 1))) == [(0, Reply.GRANTED, s(1, 1))]
+    assert codes(core.handle(0, Op.READ, s(2, 1))) == [(0, Reply.GRANTED, s(2, 1))]
+    assert core.handle(0, Op.WRITE, s(3, 1)) == []
+    assert core.handle(0, Op.RELEASE, s(1, 2)) == []
+    assert codes(core.handle(0, Op.RELEASE, s(2, 2))) == [(0, Reply.GRANTED, s(3, 1))]
+
+
+def test_a_queued_writer_thread_blocks_a_new_reader_thread_of_the_same_rank(make_core):
+    core = make_core(2)
+    core.handle(1, Op.READ, s(0, 1))
+    assert core.handle(0, Op.WRITE, s(1, 1)) == []  # queued behind rank 1's read
+    assert core.handle(0, Op.READ, s(2, 1)) == []  # writer priority, even within a rank
+    assert codes(core.handle(1, Op.RELEASE, s(0, 2))) == [(0, Reply.GRANTED, s(1, 1))]
+    assert codes(core.handle(0, Op.RELEASE, s(1, 2))) == [(0, Reply.GRANTED, s(2, 1))]
+
+
+def test_a_cancel_of_one_thread_leaves_another_threads_grant_alone(make_core):
+    core = make_core(1)
+    core.handle(0, Op.READ, s(2, 1))  # thread 2 reads
+    core.handle(0, Op.READ, s(3, 1))
+    assert core.handle(0, Op.WRITE, s(1, 1)) == []  # thread 1 waits for write
+    assert codes(core.handle(0, Op.CANCEL, s(1, 1))) == [(0, Reply.CANCELLED, s(1, 1))]
+    state = core.keys[b""]
+    assert len(state.readers) == 2 and not state.writers  # both reads stay
+    # a cancel racing a grant: thread 2's cancel of its granted read hands back only its own read
+    assert codes(core.handle(0, Op.CANCEL, s(2, 1))) == [(0, Reply.CANCELLED, s(2, 1))]
+    assert len(core.keys[b""].readers) == 1
+
+
+def test_a_deadlock_between_two_threads_of_a_rank_is_refused_and_names_both(make_core):
+    core = make_core(1)
+    core.handle(0, Op.HELLO, s(1, 1), 0, 11, b"loader")
+    core.handle(0, Op.HELLO, s(2, 1), 0, 12, b"writer")
+    core.handle(0, Op.WRITE, s(1, 2), keys=(b"sa",))
+    core.handle(0, Op.WRITE, s(2, 2), keys=(b"sb",))
+    assert core.handle(0, Op.WRITE, s(1, 3), keys=(b"sb",)) == []  # loader waits for writer
+    (reply,) = core.handle(0, Op.WRITE, s(2, 3), keys=(b"sa",))  # writer would wait for loader: a cycle
+    assert (reply.rank, reply.code, reply.seq) == (0, Reply.DEADLOCK, s(2, 3))
+    text = (reply.payload or b"").decode()
+    assert text.startswith("deadlock: rank 0 / writer holds write 'b'"), text
+    assert "rank 0 / loader holds write 'a'" in text and "(rank 0 / writer's)" in text
+
+
+def test_an_unnamed_thread_is_named_by_its_slot_and_the_table_names_threads(make_core):
+    core = make_core(2)
+    core.handle(0, Op.HELLO, s(0, 1), 0, 10, b"MainThread")
+    core.handle(0, Op.READ, s(0, 2))
+    core.handle(0, Op.READ, s(3, 1))
+    core.handle(1, Op.WRITE, s(0, 1))
+    (entry,) = core.table(0.0)
+    assert [(h["rank"], h["thread"], h["slot"]) for h in entry["holders"]] == [(0, "MainThread", 0), (0, None, 3)]
+    assert [(w["rank"], w["thread"], w["slot"]) for w in entry["waiters"]] == [(1, None, 0)]
+    from mpilock.table import LockTable
+
+    text = str(LockTable(core.table(0.0)))  # type: ignore[arg-type]
+    assert "rank 0 / thread 3" in text and "rank 0 / MainThread" not in text
+
+
+def test_a_bounded_key_admits_its_limit_of_threads(make_core):
+    key = keyspace.encode_bounded("fs")
+    core = make_core(2)
+    assert codes(core.handle(0, Op.BOUNDED, s(1, 1), 0, 2, keys=(key,))) == [(0, Reply.GRANTED, s(1, 1))]
+    assert codes(core.handle(0, Op.BOUNDED, s(2, 1), 0, 2, keys=(key,))) == [(0, Reply.GRANTED, s(2, 1))]
+    assert core.handle(0, Op.BOUNDED, s(3, 1), 0, 2, keys=(key,)) == []
+    assert core.handle(1, Op.BOUNDED, s(0, 1), 0, 2, keys=(key,)) == []
+    assert codes(core.handle(0, Op.RELEASE, s(2, 2), keys=(key,))) == [(0, Reply.GRANTED, s(3, 1))]
+
+
+def test_closing_a_rank_releases_every_thread_and_grants_the_next_rank(make_core):
+    core = make_core(2)
+    core.handle(0, Op.READ, s(0, 1))
+    core.handle(0, Op.READ, s(1, 1))
+    assert core.handle(1, Op.WRITE, s(0, 1)) == []
+    assert core.handle(0, Op.READ, s(2, 1)) == []  # queued behind the writer: dropped by the close, no reply
+    out = core.handle(0, Op.CLOSE, s(2, 2))  # any thread closes for the rank
+    assert codes(out) == [(1, Reply.GRANTED, s(0, 1))]
+    assert codes(core.handle(1, Op.CLOSE, s(0, 2))) == [(0, Reply.CLOSED, s(2, 2)), (1, Reply.CLOSED, s(0, 2))]
+    with pytest.raises(ProtocolError):
+        core.handle(1, Op.READ, s(0, 3))

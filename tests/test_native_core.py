@@ -30,7 +30,7 @@ from mpilock.server.core import READ, SLOT, WRITE, LockCore
 from mpilock.server.deadlock import WaitGraph
 from mpilock.server.events import ProtocolError
 from mpilock.server.native_core import NativeGraph, NativeLockCore, available
-from mpilock.server.protocol import Flag, Op, Reply
+from mpilock.server.protocol import SLOT_SHIFT, Flag, Op, Reply
 
 if not available():
     if os.environ.get("MPILOCK_REQUIRE_NATIVE") == "1":
@@ -161,7 +161,9 @@ def apply(outcome, clients, index) -> None:
     if outcome[0] != "ok":
         return
     for rank, code, seq, *_ in outcome[1]:
-        client = clients[index][rank]
+        client = clients[index].get((rank, seq >> SLOT_SHIFT))
+        if client is None:  # a CLOSED reply to a thread that made no other request
+            continue
         if code == Reply.GRANTED and client.waiting is not None and client.waiting[0] == seq:
             _, keys, mode = client.waiting
             client.holds.update(dict.fromkeys(keys, mode))
@@ -172,7 +174,7 @@ def apply(outcome, clients, index) -> None:
 
 STEP = st.tuples(
     st.integers(0, 1),  # controller (modulo their number)
-    st.integers(0, 7),  # rank (modulo the size)
+    st.integers(0, 23),  # rank (modulo the size) and thread slot (the rest, modulo the slots)
     st.sampled_from(["request"] * 6 + ["release"] * 3 + ["upgrade", "downgrade", "cancel", "site", "locks", "bad"]),
     st.sampled_from([READ, WRITE, SLOT]),
     st.integers(1, 2 ** len(KEYS) - 1),  # which keys (a bit mask)
@@ -189,30 +191,36 @@ def pick(mask: int, choices: list[bytes], most: int = 3) -> tuple[bytes, ...]:
 @settings(max_examples=300, deadline=None)
 @given(
     size=st.integers(1, 8),
+    slots=st.sampled_from([1, 1, 2, 3]),
     controllers=st.integers(1, 2),
-    hellos=st.lists(st.booleans(), min_size=16, max_size=16),
+    hellos=st.lists(st.booleans(), min_size=48, max_size=48),
     steps=st.lists(STEP, min_size=20, max_size=200),
     closing=st.randoms(),
 )
-def test_native_core_answers_and_keeps_state_as_the_python_core(size, controllers, hellos, steps, closing):
+def test_native_core_answers_and_keeps_state_as_the_python_core(size, slots, controllers, hellos, steps, closing):
+    """Threads of ranks (``slots`` per rank, each a holder) interleave requests on both cores."""
     pair = Pair(size, controllers)
-    clients = [[Client() for _ in range(size)] for _ in range(controllers)]
-    seq = 0
-    for index in range(controllers):  # ranks that said hello are one thread across controllers
+    clients = [{(r, t): Client() for r in range(size) for t in range(slots)} for _ in range(controllers)]
+    counter = 0
+    for index in range(controllers):  # threads that said hello are one thread across controllers
         for rank in range(size):
-            if hellos[index * 8 + rank]:
-                pair.step(index, rank, Op.HELLO, 0, rank, 7)
-    for index, rank, action, mode, mask, try_only, limit in steps:
+            for slot in range(slots):
+                if hellos[(index * 8 + rank) * 3 + slot]:
+                    name = f"worker-{slot}".encode() if slot % 2 else None
+                    pair.step(index, rank, Op.HELLO, slot << SLOT_SHIFT, rank, 7 + slot, payload=name)
+    for index, who, action, mode, mask, try_only, limit in steps:
         index %= controllers
-        rank %= size
-        client = clients[index][rank]
-        seq += 1
+        rank, slot = who % size, (who // size) % slots
+        client = clients[index][(rank, slot)]
+        counter += 1
+        seq = slot << SLOT_SHIFT | counter
+        zero = slot << SLOT_SHIFT  # no-reply requests: the slot, no count
         if action == "bad":  # protocol errors: the same text, the same partial effect
             held = sorted(client.holds)
             choice = mask % 4
             if choice == 0:
                 keys = pick(mask, KEYS)
-                pair.step(index, rank, Op.RELEASE, 0, keys=keys)
+                pair.step(index, rank, Op.RELEASE, zero, keys=keys)
                 for key in keys:
                     client.holds.pop(key, None)
             elif choice == 1 and held:
@@ -220,10 +228,10 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
             elif choice == 2:
                 pair.step(index, rank, Op.BOUNDED, seq, 0, 0, keys=(BOUNDED,))
             else:
-                pair.step(index, rank, Op.DOWNGRADE, 0, keys=pick(mask, KEYS))
+                pair.step(index, rank, Op.DOWNGRADE, zero, keys=pick(mask, KEYS))
             continue
         if action == "site":
-            pair.step(index, rank, Op.SITE, 0, seq % 3, payload=f"sim.py:{seq}".encode())
+            pair.step(index, rank, Op.SITE, zero, counter % 3, payload=f"sim.py:{counter}".encode())
             continue
         if action == "locks":
             flags = int(Flag.FILTER) if mask & 1 else 0
@@ -241,11 +249,12 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
             if mine:
                 outcome = pair.step(index, rank, Op.CANCEL, seq - 1, keys=tuple(mine))
                 state = pair.python[index].keys
+                holder = pair.python[index].holder(rank, slot)
                 for key in mine:
                     s = state.get(key)
-                    if s is None or not s.holds(rank):
+                    if s is None or not s.holds(holder):
                         del client.holds[key]
-                    elif rank in s.readers:
+                    elif holder in s.readers:
                         client.holds[key] = READ
                 apply(outcome, clients, index)
             continue
@@ -253,7 +262,7 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
             if not client.holds:
                 continue
             keys = pick(mask, sorted(client.holds), most=len(KEYS) + 1)
-            outcome = pair.step(index, rank, Op.RELEASE, 0, keys=keys)
+            outcome = pair.step(index, rank, Op.RELEASE, zero, keys=keys)
             for key in keys:
                 del client.holds[key]
         elif action == "downgrade":
@@ -261,7 +270,7 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
             if not writes:
                 continue
             keys = pick(mask, writes)
-            outcome = pair.step(index, rank, Op.DOWNGRADE, 0, keys=keys)
+            outcome = pair.step(index, rank, Op.DOWNGRADE, zero, keys=keys)
             client.holds.update(dict.fromkeys(keys, READ))
         elif action == "upgrade":
             reads = sorted(k for k, m in client.holds.items() if m == READ)
@@ -273,7 +282,7 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
                 client.holds.update(dict.fromkeys(keys, WRITE))
             continue
         else:
-            if any(c[rank].waiting for c in clients):  # a thread waits in one place at a time
+            if any(c[(rank, slot)].waiting for c in clients):  # a thread waits in one place at a time
                 continue
             if mode == SLOT:
                 if BOUNDED in client.holds:
@@ -293,11 +302,11 @@ def test_native_core_answers_and_keeps_state_as_the_python_core(size, controller
     # every rank closes every controller, in a random order: held locks are released, waits dropped
     order = [(index, rank) for index in range(controllers) for rank in range(size)]
     closing.shuffle(order)
-    for index, rank in order:
-        seq += 1
-        pair.step(index, rank, Op.CLOSE, seq)
+    for index, rank in order:  # any thread closes for its rank
+        counter += 1
+        pair.step(index, rank, Op.CLOSE, closing.randrange(slots) << SLOT_SHIFT | counter)
     assert all(core.closed for core in pair.native)
-    pair.step(0, 0, Op.READ, seq + 1)  # after close: the same error
+    pair.step(0, 0, Op.READ, counter + 1)  # after close: the same error
 
 
 def test_a_deadlock_across_controllers_is_refused_with_the_same_text():
