@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import os
 import random
 import resource
@@ -762,6 +763,7 @@ def server_cost(repeats: int, pairs: int, native: bool = False) -> float:
 
     channel = Channel(comm, Counting(1))
     link = Link(comm, 0)
+    numbers = itertools.count(1)  # sequence numbers of slot 0
     headers = array("q", bytes(8 * HEADER_LEN * (pairs + 1)))
     costs: list[float] = []
 
@@ -771,8 +773,8 @@ def server_cost(repeats: int, pairs: int, native: bool = False) -> float:
     for _ in range(repeats):
         replies = expect(pairs)
         for _ in range(pairs):
-            link.send(Op.READ)
-            link.send(Op.RELEASE)
+            link.send(Op.READ, next(numbers))
+            link.send(Op.RELEASE, next(numbers))
         seen[0] = 0
         start = time.perf_counter()
         while seen[0] < 2 * pairs:
@@ -780,7 +782,7 @@ def server_cost(repeats: int, pairs: int, native: bool = False) -> float:
         costs.append((time.perf_counter() - start) / (2 * pairs))
         MPI.Request.Waitall(replies)
     replies = expect(1)
-    link.send(Op.CLOSE)
+    link.send(Op.CLOSE, next(numbers))
     while not channel.finished.is_set():
         channel.poll()
     MPI.Request.Waitall(replies)
@@ -797,6 +799,7 @@ def _native_server_cost(repeats: int, pairs: int) -> float:
     comm = MPI.COMM_SELF.Dup()
     channel = NativeChannel(comm, Recorder(1), NATIVE.graph, "bench")  # not added: only help() polls it
     link = Link(comm, 0)
+    numbers = itertools.count(1)  # sequence numbers of slot 0
     headers = array("q", bytes(8 * HEADER_LEN * (pairs + 1)))
     costs: list[float] = []
 
@@ -806,8 +809,8 @@ def _native_server_cost(repeats: int, pairs: int) -> float:
     for _ in range(repeats):
         replies = expect(pairs)
         for _ in range(pairs):
-            link.send(Op.READ)
-            link.send(Op.RELEASE)
+            link.send(Op.READ, next(numbers))
+            link.send(Op.RELEASE, next(numbers))
         served = 0
         start = time.perf_counter()
         while served < 2 * pairs:
@@ -816,7 +819,7 @@ def _native_server_cost(repeats: int, pairs: int) -> float:
         MPI.Request.Waitall(replies)
         channel.drain()  # what the Python thread does with the records
     replies = expect(1)
-    link.send(Op.CLOSE)
+    link.send(Op.CLOSE, next(numbers))
     while not channel.finished.is_set() and not channel.help():
         pass
     MPI.Request.Waitall(replies)

@@ -20,17 +20,21 @@ from .checks import check_args, rank_index, timeout_seconds
 from .errors import ClosedError, LimitError, LockTimeout, MpilockError
 from .fence import _UNSET, Fence, PlainFence
 from .guard import Guard
+from .holder import Holder
 from .link import Answer, Link, Watcher
 from .nesting import (
     ASKED,
     DONE,
     DOWNGRADED,
     GIVEN,
+    HOLDER,
     LOCAL,
+    LOCK,
     OPEN,
     PRIOR,
     RELEASED,
     REREAD,
+    SPANS,
     STATE,
     TAKEN,
     UNDONE,
@@ -43,7 +47,7 @@ from .server import wake, wire
 from .server.core import MODES, READ, SLOT, WRITE
 from .server.frames import Payload, joined
 from .server.native import ServedChannel, Service, serve
-from .server.protocol import Flag, Op, Reply
+from .server.protocol import SLOT_LIMIT, Flag, Op, Reply
 from .server.settings import SETTINGS
 from .table import LockTable
 from .trace import Recorder
@@ -91,7 +95,9 @@ class Lock(Guard):
 
     Returned by :meth:`WindowController.read`, :meth:`~WindowController.write`
     and :meth:`~WindowController.bounded`; the keys and the timeout were
-    checked when it was made.
+    checked when it was made.  Any thread may enter it, even several at once:
+    each is its own holder (:mod:`mpilock.holder`), and what one holds lives
+    on that thread's stack, not in the lock.
 
     An exception that a signal handler raises anywhere in ``__enter__`` or
     ``__exit__`` leaves nothing behind: ``__enter__`` and ``__exit__`` are C
@@ -102,7 +108,7 @@ class Lock(Guard):
     after being cut anywhere is safe.
     """
 
-    __slots__ = ("_ctrl", "_giving", "_keys", "_limit", "_mode", "_site", "_spans", "_step", "_taken", "_timeout")
+    __slots__ = ("_ctrl", "_keys", "_limit", "_mode", "_site", "_timeout")
 
     def __init__(
         self, ctrl: WindowController, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int
@@ -114,76 +120,83 @@ class Lock(Guard):
         self._limit = limit
         self._timeout = timeout
         self._site = site
-        self._taken: list[Step] = []
-        """The steps of this lock's open ``with`` blocks, innermost last."""
-        self._step: Step | None = None
-        """The step of the acquire under way (or the last one)."""
-        self._giving: Step | None = None
-        """The step whose release ``__exit__`` is finishing."""
-        self._spans: list[Any] | None = None
-        """The OpenTelemetry spans of this lock's open ``with`` blocks (:mod:`.otel`), innermost last."""
 
-    def _take(self) -> None:
-        """Acquire (or nest inside what this rank already holds), in spans if OpenTelemetry is on (:mod:`.otel`)."""
+    def _take(self, token: Step) -> None:
+        """Acquire (or nest inside what this thread already holds), in spans if OpenTelemetry is on (:mod:`.otel`)."""
         hooks = otel.HOOKS
-        if hooks is None or not hooks.enter_lock(self):
-            self._acquire()
+        if hooks is None or not hooks.enter_lock(self, token):
+            self._acquire(token)
 
-    def _acquire(self) -> None:
-        """Acquire and push the step on this lock's stack."""
-        step = [OPEN, [], {}, None, None, False, False]  # new_step() inlined: a literal calls nothing
-        self._step = step
-        taken = self._ctrl._acquire(self._keys, self._mode, self._limit, self._timeout, self._site, step)
-        stack = self._taken
+    def _acquire(self, token: Step) -> None:
+        """Acquire, filling ``token`` as the step, and push it on this thread's stack."""
+        ctrl = self._ctrl
+        holder = ctrl._holder()
+        token[:] = [OPEN, [], {}, None, None, False, False, self, holder, None]  # a slice store calls nothing
+        taken = ctrl._acquire(holder, self._keys, self._mode, self._limit, self._timeout, self._site, token)
+        stack = holder.stack
         depth = len(stack)
-        step[TAKEN] = taken
-        stack[depth:] = (step,)  # pushed and marked done with no bytecode in between where a handler runs
-        step[STATE] = DONE
+        token[TAKEN] = taken
+        stack[depth:] = (token,)  # pushed and marked done with no bytecode in between where a handler runs
+        token[STATE] = DONE
 
-    def _undo(self) -> None:
+    def _undo(self, token: Step) -> None:
         """Undo what the failed ``__enter__`` did so far (called again if cut short).
 
         Its acquire is withdrawn if it was under way, or released if it had
         completed (an exception after the grant, an OpenTelemetry hook's, say).
         """
-        step = self._step
-        if step is None:
+        if not token:
             return
-        if step[STATE] == OPEN:
-            self._ctrl._undo(step)
-            step[STATE] = UNDONE
-        elif step[STATE] == DONE:
-            self._ctrl._release(step)
-            stack = self._taken
-            last = len(stack) - 1
-            if last >= 0 and stack[last] is step:
-                del stack[last]  # popped and marked given with no bytecode in between where a handler runs
-            step[STATE] = GIVEN
+        if token[STATE] == OPEN:
+            self._ctrl._undo(token)
+            token[STATE] = UNDONE
+        elif token[STATE] == DONE:
+            self._ctrl._release(token)
+            _unstack(token)
+            if token[SPANS]:
+                otel.exit_lock(token[SPANS], None)
 
-    def _give(self, exc: BaseException | None) -> BaseException | None:
-        """Release what the matching ``__enter__`` acquired, then end its span; return a misuse error, if any."""
-        step = self._giving
-        if step is None:
-            stack = self._taken
-            if not stack:
-                return MpilockError(f"{self!r} was not entered: __exit__ has no acquire to undo")
-            step = stack[-1]
-            self._giving = step
+    def _give(self, exc: BaseException | None, token: list[Any]) -> BaseException | None:
+        """Release what this thread's innermost ``__enter__`` of this lock acquired, then end its span.
+
+        Returns a misuse error to raise, if any.  ``token`` keeps the step
+        being released, for a call again after an exception cut this one.
+        """
+        if token:
+            step = token[0]
+        else:
+            stack = self._ctrl._holder().stack
+            at = len(stack) - 1
+            while at >= 0 and stack[at][LOCK] is not self:
+                at -= 1
+            if at < 0:
+                return MpilockError(f"{self!r} was not entered by this thread: __exit__ has no acquire to undo")
+            step = stack[at]
+            token.append(step)
         if step[STATE] == DONE:
             self._ctrl._release(step)
-            stack = self._taken
-            last = len(stack) - 1
-            del stack[last]  # popped and marked given with no bytecode in between where a handler runs
-            step[STATE] = GIVEN
-        if self._spans:
-            otel.exit_lock(self, exc)
-        self._giving = None
+            _unstack(step)
+        if step[SPANS]:
+            otel.exit_lock(step[SPANS], exc)
         return None
 
     def __repr__(self) -> str:
         """Show what is locked."""
         names = ", ".join(keyspace.describe(k) for k in self._keys)
         return f"<mpilock {MODES[self._mode]} lock of {names}>"
+
+
+def _unstack(step: Step) -> None:
+    """Take a released ``step`` off its thread's stack and mark it given (again after a cut: nothing)."""
+    stack = step[HOLDER].stack
+    at = len(stack) - 1
+    while at >= 0 and stack[at] is not step:
+        at -= 1
+    if at >= 0:
+        del stack[at]  # popped and marked given with no bytecode in between where a handler runs
+        step[STATE] = GIVEN
+    else:
+        step[STATE] = GIVEN
 
 
 class WindowController:
@@ -273,15 +286,14 @@ class WindowController:
             # The master's own waits poll its channel (help), so it needs no sleeper; the others sleep on their word.
             wake.Sleeper(connection.words, connection.rank) if self._channel is None and connection.words else None,
         )
-        self._held: dict[bytes, int] = {}
-        """key -> mode: what the server thinks this rank holds."""
-        self._limits: dict[bytes, int] = {}
-        """bounded key -> the limit this rank holds it with (stale for keys no longer held)."""
-        self._owner: int | None = None
-        """The thread that uses this controller (the first one that locked with it)."""
+        self._local = threading.local()
+        """``holder``: the calling thread's :class:`Holder`, made at its first use."""
+        self._holders: dict[int, Holder] = {}
+        """slot -> every thread's holder (for close)."""
+        self._next_slot = 0
+        self._slot_lock = threading.Lock()
+        """Held while a new thread gets its slot, or an acquire site its number."""
         self._sites: dict[tuple[str, int], int] = {}
-        self._asking: tuple[tuple[bytes, int, bytes | None], Op, tuple[bytes, ...], int] | None = None
-        """The request being waited for, for a long-wait report."""
         self._watch = self._long_wait if SETTINGS.wait_report > 0 else None
         self._fences_started = 0
         self._closed = False
@@ -413,24 +425,31 @@ class WindowController:
 
     # -- acquiring and releasing -------------------------------------------------------
     def _acquire(
-        self, keys: tuple[bytes, ...], mode: int, limit: int, timeout: float | None, site: int, step: Step
+        self,
+        holder: Holder,
+        keys: tuple[bytes, ...],
+        mode: int,
+        limit: int,
+        timeout: float | None,
+        site: int,
+        step: Step,
     ) -> Taken:
-        """Acquire ``keys`` in ``mode``, noting in ``step`` what was held before and every request sent."""
+        """Acquire ``keys`` in ``mode`` for ``holder``, noting in ``step`` what it held before and every request."""
         self._check_use()
-        held = self._held
+        held = holder.held
         step[PRIOR] = {k: held.get(k) for k in keys}
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:
                 if mode == SLOT:  # before the request: held implies its limit is noted
-                    self._limits[keys[0]] = limit
-                self._request(_OPS[mode], keys, 0, limit, timeout, site, mode=mode, step=step)
+                    holder.limits[keys[0]] = limit
+                self._request(holder, _OPS[mode], keys, 0, limit, timeout, site, mode=mode, step=step)
                 return keys, ()
-            if mode == SLOT and self._limits.get(keys[0]) != limit:
+            if mode == SLOT and holder.limits.get(keys[0]) != limit:
+                who = holder.describe(self._rank)
                 raise LimitError(
-                    f"{keyspace.describe(keys[0])} admits {self._limits.get(keys[0])} holder(s) as rank "
-                    f"{self._rank} holds it; rank {self._rank} asked for a limit of {limit} "
-                    "(every rank must use the same limit for a key)"
+                    f"{keyspace.describe(keys[0])} admits {holder.limits.get(keys[0])} holder(s) as {who} "
+                    f"holds it; {who} asked for a limit of {limit} (every rank must use the same limit for a key)"
                 )
             if have in (mode, WRITE):
                 return LOCAL
@@ -439,12 +458,18 @@ class WindowController:
         if not promote:
             if not need:
                 return LOCAL
-            self._request(_OPS[mode], need, 0, limit, timeout, site, mode=mode, step=step)
+            self._request(holder, _OPS[mode], need, 0, limit, timeout, site, mode=mode, step=step)
             return need, ()
-        return self._promote(need, promote, timeout, site, step)
+        return self._promote(holder, need, promote, timeout, site, step)
 
     def _promote(
-        self, need: tuple[bytes, ...], promote: tuple[bytes, ...], timeout: float | None, site: int, step: Step
+        self,
+        holder: Holder,
+        need: tuple[bytes, ...],
+        promote: tuple[bytes, ...],
+        timeout: float | None,
+        site: int,
+        step: Step,
     ) -> Taken:
         """Write inside read: upgrade ``promote`` in place if this rank is their only reader, else release and wait.
 
@@ -453,18 +478,19 @@ class WindowController:
         cancel turns an upgrade back into the read it was; a read released
         for the wait is asked for again).
         """
-        held = self._held
-        if self._request(Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False, mode=WRITE, step=step):
+        held = holder.held
+        if self._request(holder, Op.WRITE, promote, _UPGRADE, 0, 0.0, site, fail=False, mode=WRITE, step=step):
             if need:
-                self._request(Op.WRITE, need, 0, 0, timeout, site, mode=WRITE, step=step)
+                self._request(holder, Op.WRITE, need, 0, 0, timeout, site, mode=WRITE, step=step)
             return need, promote
         if timeout == 0.0:  # a try never blocks: the read stays
-            raise LockTimeout(f"rank {self._rank} could not promote its read lock to the write lock at once")
+            who = holder.describe(self._rank)
+            raise LockTimeout(f"{who} could not promote its read lock to the write lock at once")
         reread = [promote, [], site, False]
         step[REREAD] = reread
-        self._send(Op.RELEASE, promote, reread, 3)
+        self._send(holder, Op.RELEASE, promote, reread, 3)
         any(map(held.__delitem__, promote))
-        self._request(Op.WRITE, need + promote, 0, 0, timeout, site, mode=WRITE, step=step)
+        self._request(holder, Op.WRITE, need + promote, 0, 0, timeout, site, mode=WRITE, step=step)
         return need, promote
 
     def _undo(self, step: Step) -> None:
@@ -474,21 +500,22 @@ class WindowController:
         only once its withdrawal is confirmed, and a cancel of a request the
         server already forgot is answered all the same.
         """
+        holder: Holder = step[HOLDER]
         asked = step[ASKED]
         while asked:
             seq, request = asked[-1]
-            self._withdraw(seq, request)
+            self._withdraw(holder, seq, request)
             del asked[-1]
         reread = step[REREAD]
         if reread is not None and reread[3]:
             keys, again, site, _ = reread
             while again:  # an earlier try of this undo asked for the read already
                 seq, request = again[-1]
-                self._withdraw(seq, request)
+                self._withdraw(holder, seq, request)
                 del again[-1]
-            self._request(Op.READ, keys, 0, 0, None, site, step=[OPEN, again])
+            self._request(holder, Op.READ, keys, 0, 0, None, site, step=[OPEN, again])
             reread[3] = False  # taken back: no bytecode between the grant's return and this store
-        held = self._held
+        held = holder.held
         for key, mode in step[PRIOR].items():
             if mode is None:
                 held.pop(key, None)
@@ -501,33 +528,37 @@ class WindowController:
         if taken is LOCAL or self._closed:
             return
         need, promote = taken
-        held = self._held
+        holder: Holder = step[HOLDER]
+        held = holder.held
         if need:
             if not step[RELEASED]:
                 mine = tuple(k for k in need if k in held)
                 if mine:
-                    self._send(Op.RELEASE, mine, step, RELEASED)
+                    self._send(holder, Op.RELEASE, mine, step, RELEASED)
                 step[RELEASED] = True
             for key in need:
                 held.pop(key, None)
-                self._limits.pop(key, None)
+                holder.limits.pop(key, None)
         if promote:  # back to the read lock the outer block holds
             if not step[DOWNGRADED]:
                 mine = tuple(k for k in promote if held.get(k) == WRITE)
                 if mine:
-                    self._send(Op.DOWNGRADE, mine, step, DOWNGRADED)
+                    self._send(holder, Op.DOWNGRADE, mine, step, DOWNGRADED)
                 step[DOWNGRADED] = True
             for key in promote:
                 if key in held:
                     held[key] = READ
 
-    def _send(self, op: Op, keys: tuple[bytes, ...], mark: list[Any] | None = None, slot: int = 0) -> None:
+    def _send(
+        self, holder: Holder, op: Op, keys: tuple[bytes, ...], mark: list[Any] | None = None, slot: int = 0
+    ) -> None:
         """Send a request that gets no reply; ``mark[slot]`` is set true just as it goes (see :meth:`Link.send`)."""
         area, flags, payload = wire.key_area(keys, 0)
-        self._link.send(op, flags, 0, payload, area=area, mark=mark, slot=slot)
+        self._link.send(op, holder.next_seq(), flags, 0, payload, area=area, mark=mark, slot=slot)
 
     def _request(
         self,
+        holder: Holder,
         op: Op,
         keys: tuple[bytes, ...],
         flags: int,
@@ -554,18 +585,18 @@ class WindowController:
             flags |= _TRY
         request = wire.key_area(keys, flags) if keys is not _DEFAULT else (b"", flags, None)
         area, flags, payload = request
-        seq = self._link.reserve()
+        seq = holder.next_seq()
         if step is not None:
             step[ASKED].append((seq, request))
         try:  # from before the send: an exception right after it still withdraws (a CANCEL of a request
             # the server never saw is answered CANCELLED all the same)
-            self._link.send(op, flags | arg, limit, payload, seq=seq, area=area, site=site)
+            self._link.send(op, seq, flags | arg, limit, payload, area=area, site=site)
             deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
-            self._asking = (request, op, keys, site)
+            holder.asking = (request, op, keys, site)
             answer = self._link.wait(seq, _GRANT, deadline, self._watch)
             if answer is not None and answer.code == _GRANTED:
                 if mode is not None:
-                    self._record(keys, mode)
+                    self._record(holder, keys, mode)
                 return True
         except MpilockError:
             if step is not None:
@@ -573,23 +604,23 @@ class WindowController:
             raise  # the server answered with an error: it kept nothing of the request
         except BaseException:
             if step is None:
-                self._withdraw(seq, request)
+                self._withdraw(holder, seq, request)
                 if mode is not None:
-                    self._record(keys, prior)
+                    self._record(holder, keys, prior)
             raise
         if answer is None:
-            self._withdraw(seq, request)
+            self._withdraw(holder, seq, request)
         if step is not None:
             del step[ASKED][-1]  # denied, or withdrawn: nothing left to undo
         if not fail:
             return False
         names = ", ".join(keyspace.describe(k) for k in keys)
         how = "could not get" if timeout == 0.0 else f"gave up waiting after {timeout} s for"
-        raise LockTimeout(f"rank {self._rank} {how} the {_OP_MODE[op]} lock of {names}")
+        raise LockTimeout(f"{holder.describe(self._rank)} {how} the {_OP_MODE[op]} lock of {names}")
 
-    def _record(self, keys: tuple[bytes, ...], mode: int | None) -> None:
-        """Note ``keys`` as held in ``mode`` (``None``: not held)."""
-        held = self._held
+    def _record(self, holder: Holder, keys: tuple[bytes, ...], mode: int | None) -> None:
+        """Note ``keys`` as held by ``holder`` in ``mode`` (``None``: not held)."""
+        held = holder.held
         if mode is None:
             for key in keys:
                 held.pop(key, None)
@@ -598,14 +629,14 @@ class WindowController:
         else:
             held.update(dict.fromkeys(keys, mode))
 
-    def _withdraw(self, seq: int, request: tuple[bytes, int, bytes | None]) -> None:
+    def _withdraw(self, holder: Holder, seq: int, request: tuple[bytes, int, bytes | None]) -> None:
         """Cancel request ``seq`` and wait until the server confirmed it (a raced grant is handed back).
 
         Further exceptions while waiting for the confirmation are swallowed:
         leaving before it would leave the server's state unknown.
         """
         area, flags, payload = request
-        self._link.send(Op.CANCEL, flags & _KEY_FLAGS, 0, payload, seq=seq, area=area)
+        self._link.send(Op.CANCEL, seq, flags & _KEY_FLAGS, 0, payload, area=area)
         while True:
             try:
                 self._link.wait(seq, _CANCELLED)
@@ -613,7 +644,8 @@ class WindowController:
             except MpilockError:
                 return
             except BaseException:
-                log.debug("rank %d: interrupted again while withdrawing request %d", self._rank, seq, exc_info=True)
+                who = holder.describe(self._rank)
+                log.debug("%s: interrupted again while withdrawing request %d", who, seq, exc_info=True)
 
     def _long_wait(self, start: float) -> Watcher | None:
         """Make a long-wait report for the request being waited for (``MPILOCK_WAIT_REPORT``).
@@ -622,10 +654,18 @@ class WindowController:
         the request only when a report is due: the name costs ~10 µs
         (``os.path.relpath`` of the site), as much as the rest of a lock call.
         """
-        if self._asking is None:
+        holder = self._holder()
+        if holder.asking is None:
             return None
-        request, op, keys, site = self._asking
-        return LongWait(self._rank, partial(self._asked, op, keys, site), request, start, SETTINGS.wait_report)
+        request, op, keys, site = holder.asking
+        return LongWait(
+            holder.describe(self._rank),
+            partial(self._asked, op, keys, site),
+            request,
+            start,
+            SETTINGS.wait_report,
+            holder.next_seq,
+        )
 
     def _asked(self, op: Op, keys: tuple[bytes, ...], site: int) -> str:
         """Name a request for a report: ``write 'a' (asked at sim.py:44)``."""
@@ -635,14 +675,15 @@ class WindowController:
     def _fence_acquire(self, number: int, site: int) -> Step:
         """Take the default write lock as the writer of fence ``number`` (which also enters the fence)."""
         self._check_use()
-        step: Step = [OPEN, [], {}, None, None, False, False]
+        holder = self._holder()
+        step: Step = [OPEN, [], {}, None, None, False, False, None, holder, None]
         try:
-            if keyspace.DEFAULT not in self._held:
+            if keyspace.DEFAULT not in holder.held:
                 step[PRIOR] = {keyspace.DEFAULT: None}
-                self._request(Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number, mode=WRITE, step=step)
+                self._request(holder, Op.FENCE_BEGIN, _DEFAULT, 0, 0, None, site, arg=number, mode=WRITE, step=step)
                 step[TAKEN] = (_DEFAULT, ())
             else:
-                step[TAKEN] = self._acquire(_DEFAULT, WRITE, 0, None, site, step)
+                step[TAKEN] = self._acquire(holder, _DEFAULT, WRITE, 0, None, site, step)
         except BaseException:
             self._undo(step)
             raise
@@ -650,29 +691,43 @@ class WindowController:
         return step
 
     def _holds_default(self) -> bool:
-        return keyspace.DEFAULT in self._held
+        return keyspace.DEFAULT in self._holder().held
 
     def _link_call(
         self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b""
     ) -> Answer:
         self._check_use()
-        return self._link.call(op, arg, aux, payload, area)
+        return self._link.call(op, self._holder().next_seq(), arg, aux, payload, area)
 
     # -- who may use it ------------------------------------------------------------------
     def _check_use(self) -> None:
-        """Raise if the controller is closed or used from a second thread; say hello on first use."""
+        """Raise :class:`ClosedError` if the controller is closed."""
         if self._closed:
             raise ClosedError("this WindowController is closed")
-        ident = threading.get_ident()
-        if ident != self._owner:
-            if self._owner is not None:
-                raise MpilockError(
-                    f"this WindowController (rank {self._rank}) is used by thread {self._owner}, and thread {ident} "
-                    "tried to use it too: a rank's nesting state lives in its controller, so give each thread its "
-                    "own controller (sync() once per thread, collectively)"
-                )
-            self._owner = ident
-            self._link.send(Op.HELLO, MPI.COMM_WORLD.Get_rank(), ident & _THREAD_TOKEN)
+
+    def _holder(self) -> Holder:
+        """Return the calling thread's holder, making it (and saying hello to the server) at its first use."""
+        try:
+            holder: Holder = self._local.holder
+        except AttributeError:
+            return self._new_holder()
+        return holder
+
+    def _new_holder(self) -> Holder:
+        """Make the calling thread a holder: give it the next slot, a reply box, and tell the server its name."""
+        with self._slot_lock:
+            slot = self._next_slot
+            if slot >= SLOT_LIMIT:
+                raise MpilockError(f"rank {self._rank} has used this WindowController from {SLOT_LIMIT} threads")
+            self._next_slot = slot + 1
+        holder = Holder(slot)
+        self._link.open_box(slot)
+        self._holders[slot] = holder
+        self._local.holder = holder
+        self._link.send(
+            Op.HELLO, holder.next_seq(), MPI.COMM_WORLD.Get_rank(), holder.ident & _THREAD_TOKEN, holder.name.encode()
+        )
+        return holder
 
     def _site(self, depth: int = 2) -> int:
         """Id of the ``file:line`` ``depth`` frames up (the ``with`` statement), named to the server once."""
@@ -682,24 +737,39 @@ class WindowController:
         where = (frame.f_code.co_filename, frame.f_lineno)
         site = self._sites.get(where)
         if site is None:
-            site = self._sites[where] = len(self._sites) + 1
-            self._link.send(Op.SITE, site, payload=_site_text(*where).encode())
+            with self._slot_lock:
+                site = self._sites.get(where)
+                if site is None:
+                    site = self._sites[where] = len(self._sites) + 1
+                    fresh = True
+                else:
+                    fresh = False
+            if fresh:
+                self._link.send(Op.SITE, self._holder().next_seq(), site, payload=_site_text(*where).encode())
         return site
 
     # -- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
-        """Release held locks (with a warning) and shut the locks down; collective and idempotent."""
+        """Release held locks (with a warning) and shut the locks down; collective and idempotent.
+
+        Called once per rank, from any thread.  What the other threads of the
+        rank hold is released with them (one ``ResourceWarning`` names each
+        thread and lock), and their waits end with :class:`ClosedError`.
+        """
         if self._closed:
             return
-        if self._held:
-            names = ", ".join(f"{MODES[m]} {keyspace.describe(k)}" for k, m in self._held.items())
-            warnings.warn(
-                f"rank {self._rank} closed a WindowController while holding {names}; released",
-                ResourceWarning,
-                stacklevel=2,
-            )
-            self._held.clear()  # the server releases them when this rank closes
-        self._link.call(Op.CLOSE)
+        holder = self._holder()
+        for other in list(self._holders.values()):
+            if other.held:
+                names = ", ".join(f"{MODES[m]} {keyspace.describe(k)}" for k, m in other.held.items())
+                whose = "" if other is holder else f" (thread {other.name})"
+                warnings.warn(
+                    f"{other.describe(self._rank)} closed a WindowController while holding {names}{whose}; released",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+                other.held.clear()  # the server releases them when this rank closes
+        self._link.call(Op.CLOSE, holder.next_seq())
         self._closed = True
         lifecycle.unregister(self._serial)
         try:

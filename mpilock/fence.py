@@ -95,7 +95,7 @@ class Fence(Generic[Target]):
         self._received: Payload | None = None
         """The payload as collected, kept until it unpickled (so a failed collect can be retried)."""
         self._shared: Any = _UNSET
-        self._taken: Step = new_step(LOCAL)
+        self._taken: Step = new_step(None, LOCAL)
         self._otel: list[Any] | None = None
         """The writer's open OpenTelemetry span (:mod:`.otel`)."""
 
@@ -178,7 +178,8 @@ class Fence(Generic[Target]):
         if self.access:
             self._taken = self._ctrl._fence_acquire(self.number, self._site)
         elif self._ctrl._holds_default():
-            self._ctrl._link.send(Op.FENCE_WAIT, self.number, 1)  # arrive, so the writer is not kept waiting
+            ctrl = self._ctrl  # arrive, so the writer is not kept waiting
+            ctrl._link.send(Op.FENCE_WAIT, ctrl._holder().next_seq(), self.number, 1)
             raise FenceError(
                 f"rank {self._ctrl.rank} entered single_write while holding the controller's default lock "
                 f"(read() or write() without a key), and is not the fence's writer (rank {self.writer}); "
@@ -218,7 +219,7 @@ class Fence(Generic[Target]):
         elif payload is not None:
             self._status = FenceStatus.OK_PAYLOAD
         ctrl = self._ctrl
-        seq = ctrl._link.send(Op.FENCE_END, self.number, self._status, payload)
+        seq = ctrl._link.send(Op.FENCE_END, ctrl._holder().next_seq(), self.number, self._status, payload)
         ctrl._release(self._taken)  # free the lock before waiting for the other ranks to arrive
         self._ended = True
         self._payload = payload = None

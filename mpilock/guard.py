@@ -5,12 +5,14 @@ Python runs a signal handler (and so raises its ``KeyboardInterrupt``,
 but never inside a call to C.  A ``with`` block only protects what follows
 ``__enter__``'s return; a Python ``__enter__`` or ``__exit__`` can be cut at
 its first line, before it did anything, or between the grant and its return.
-So the two are C methods (``Guard`` of the native module): ``__enter__`` sets
-``self._step`` to ``None`` and calls ``self._take()`` and, if any exception leaves it, calls ``self._undo()`` until
-one call completes, then raises that exception; ``__exit__`` calls
-``self._give(exc)`` until one call completes, then raises the first exception a
-handler raised meanwhile.  ``_undo`` and ``_give`` must be safe to call again
-after being cut anywhere.
+So the two are C methods (``Guard`` of the native module): ``__enter__`` makes
+a fresh list, the *token* of this acquire, and calls ``self._take(token)``; if
+any exception leaves it, it calls ``self._undo(token)`` until one call
+completes, then raises that exception.  ``__exit__`` calls
+``self._give(exc, token)`` (a token of its own) until one call completes, then
+raises the first exception a handler raised meanwhile.  ``_take`` notes its
+progress in the token, so ``_undo`` and ``_give`` can tell how far a cut call
+got and be called again; a token per call lets several threads use one lock.
 
 Without the native module (not built, see :mod:`mpilock.server.native_build`)
 the same logic runs in Python: then an exception can still strike between the
@@ -31,29 +33,29 @@ class PythonGuard:
     """The pure-Python fallback of the native ``Guard`` (see the module's docstring for the window it leaves)."""
 
     __slots__ = ()
-    _step: Any
 
-    def _take(self) -> None:
+    def _take(self, token: list[Any]) -> None:
         raise NotImplementedError
 
-    def _undo(self) -> None:
+    def _undo(self, token: list[Any]) -> None:
         raise NotImplementedError
 
-    def _give(self, exc: BaseException | None) -> BaseException | None:
+    def _give(self, exc: BaseException | None, token: list[Any]) -> BaseException | None:
         raise NotImplementedError
 
     def __enter__(self) -> None:
         """Acquire with ``_take``; if anything leaves it, finish ``_undo`` and raise."""
-        self._step = None
+        token: list[Any] = []
         try:
-            self._take()
+            self._take(token)
         except BaseException:
-            _finish(self._undo)
+            _finish(lambda: self._undo(token))
             raise
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        """Release with ``_give(exc)``, finished whatever interrupts it."""
-        error = _finish(lambda: self._give(exc))
+        """Release with ``_give(exc, token)``, finished whatever interrupts it."""
+        token: list[Any] = []
+        error = _finish(lambda: self._give(exc, token))
         if error is not None:
             raise error
 

@@ -12,18 +12,20 @@ from typing import Any, NamedTuple
 
 from mpi4py import MPI
 
-from .errors import DeadlockError, LimitError, MpilockError
+from .errors import ClosedError, DeadlockError, LimitError, MpilockError
 from .server import frames, wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Frames, Payload, joined
 from .server.native import PAUSED, drive
-from .server.protocol import HEADER, TAG_FRAMES, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .server.protocol import HEADER, SLOT_SHIFT, TAG_FRAMES, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
 _NOBODY = -12345
 """The source a receive's status shows until the receive completes (see :meth:`Link._receive`)."""
 KEEP_SENT = 64
 """Send buffers kept alive after their send started, whatever happens to its request object."""
+HANDOVER_WAIT = 0.002
+"""Longest a thread waits for its reply before it tries again to become the receiver (seconds)."""
 DRIVE_INTERVAL = 0.0002
 """Seconds between a paused process's polls of its channels while it waits for an event (see :meth:`Link.wait_for`)."""
 _REPLIES = {int(r): r for r in Reply}
@@ -61,8 +63,54 @@ class Watcher:
         raise NotImplementedError
 
 
+class _Wait:
+    """What one wait is waiting for (shared by its turns as the receiver and in its box)."""
+
+    __slots__ = ("accept", "deadline", "expired", "question", "seq", "watch", "watcher")
+
+    def __init__(self, seq: int, deadline: float | None, watcher: Callable[[float], Watcher | None] | None) -> None:
+        self.seq = seq
+        self.accept: frozenset[Reply] | None = None
+        self.deadline = deadline
+        self.expired = False
+        self.question = -1
+        self.watcher = watcher
+        self.watch: Watcher | None = None
+
+    def start_watch(self) -> None:
+        """Make the watcher, if any, once: the reply was not there at once."""
+        if self.watcher is not None and self.watch is None:
+            self.watch = self.watcher(time.monotonic())
+            self.watcher = None
+
+    def due(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+class Box:
+    """Where the replies to one thread of this rank wait for it (the thread's slot, see :mod:`mpilock.holder`)."""
+
+    __slots__ = ("answers", "event")
+
+    def __init__(self) -> None:
+        """Make an empty box."""
+        self.answers: dict[int, Answer] = {}
+        """seq -> reply, put here by whichever thread received it."""
+        self.event = threading.Event()
+        """Set when a reply is put here, or when the thread should try to become the receiver."""
+
+
 class Link:
-    """One rank's connection to the lock server over the private communicator."""
+    """One rank's connection to the lock server over the private communicator.
+
+    Any thread may send and wait.  A send takes a lock for the few
+    instructions that start it.  One waiting thread at a time is the
+    *receiver*: it tests the one persistent reply receive and puts each reply
+    in the box of the thread whose slot its seq names (:class:`Box`), waking
+    that thread; the others wait on their box.  When the receiver's own reply
+    comes it hands the role to another waiting thread, so no wait starves.
+    """
 
     def __init__(
         self,
@@ -86,8 +134,22 @@ class Link:
         self._local = local
         self._poke = poke
         self._sleeper = sleeper
-        self._seq = 0
         self._sends: wire.Pending = []
+        self._send_lock = threading.Lock()
+        """Held while a send starts: the send list is shared by the threads."""
+        self._receiver: _Wait | None = None
+        """The wait of the thread that receives replies for everyone now (the receiver role), if any.
+
+        Taken under ``_role_lock`` and given back with plain stores: no
+        function call, so no signal handler can run in between and leave the
+        role taken by a wait that is over."""
+        self._role_lock = threading.Lock()
+        self._boxes: dict[int, Box] = {}
+        """slot -> the box of that thread's replies."""
+        self._waiting: dict[int, Box] = {}
+        """slot -> box, of the threads waiting now (one of them takes over the receiver role)."""
+        self.closed = False
+        """Set by the controller's close: waits end with :class:`ClosedError`, sends are dropped."""
         self._header = wire.reply_buffer()
         self._recv = comm.Recv_init([self._header, MPI.BYTE], master, TAG_REPLY)
         """One persistent receive for the replies, started when a wait needs it."""
@@ -96,54 +158,56 @@ class Link:
         """The payload of the reply in ``_header`` as it arrives: ``[seq, pieces, done, status, payload, buffers]``."""
         self._kept: deque[Any] = deque(maxlen=KEEP_SENT)
 
-    def reserve(self) -> int:
-        """Return the sequence number of a request about to be sent (``send(..., seq=reserve())``)."""
-        self._seq += 1
-        return self._seq
+    def open_box(self, slot: int) -> Box:
+        """Make the box of the thread with ``slot`` (before its first request)."""
+        box = self._boxes[slot] = Box()
+        return box
 
     def send(
         self,
         op: Op,
+        seq: int,
         arg: int = 0,
         aux: int = 0,
         payload: Payload | None = None,
-        seq: int | None = None,
         area: bytes = b"",
         site: int = 0,
         mark: list[Any] | None = None,
         slot: int = 0,
     ) -> int:
-        """Send a request (with key ``area`` and acquire ``site``) without waiting; return its sequence number.
+        """Send request ``seq`` (with key ``area`` and acquire ``site``) without waiting; return ``seq``.
 
+        ``seq`` carries the sending thread's slot (:meth:`mpilock.holder.Holder.next_seq`).
         The message and its payload go out whole or not at all: one ``Isend``,
         or persistent sends started by one ``Startall``.  Python runs a signal
         handler only between bytecodes, never inside a C call, so an exception
         it raises cannot split them.  With ``mark``, ``mark[slot]`` is set to
         true just before that call, with no bytecode in between where a handler
         could run: true means the request went out (see
-        :class:`mpilock.controller.Lock`).
+        :class:`mpilock.controller.Lock`).  After the controller closed,
+        nothing is sent.
         """
-        if seq is None:
-            self._seq += 1
-            seq = self._seq
         parts = wire.request_parts(self.comm, self.master, op, seq, arg, aux, payload, area, site)
         comm, master = self.comm, self.master
-        if len(parts) == 1:
-            message = parts[0][0]
-            self._kept.append(message)  # a small message outlives a request object a signal made us drop
-            if mark is not None:
-                mark[slot] = True
-            self._sends.append((comm.Isend(message, master, TAG_REQUEST), message))
-        else:
-            group = [comm.Send_init(buffer, master, tag) for buffer, tag in parts]
-            self._sends.append((group, parts))
-            if mark is not None:
-                mark[slot] = True
-            MPI.Prequest.Startall(group)
+        with self._send_lock:
+            if self.closed:
+                return seq
+            if len(parts) == 1:
+                message = parts[0][0]
+                self._kept.append(message)  # a small message outlives a request object a signal made us drop
+                if mark is not None:
+                    mark[slot] = True
+                self._sends.append((comm.Isend(message, master, TAG_REQUEST), message))
+            else:
+                group = [comm.Send_init(buffer, master, tag) for buffer, tag in parts]
+                self._sends.append((group, parts))
+                if mark is not None:
+                    mark[slot] = True
+                MPI.Prequest.Startall(group)
+            if len(self._sends) >= wire.REAP_AFTER:
+                self._sends = wire.reap(self._sends)
         if self._poke is not None:
             self._poke()
-        if len(self._sends) >= wire.REAP_AFTER:
-            self._sends = wire.reap(self._sends)
         return seq
 
     def wait(
@@ -153,12 +217,13 @@ class Link:
         deadline: float | None = None,
         watcher: Callable[[float], Watcher | None] | None = None,
     ) -> Answer | None:
-        """Poll for the reply to ``seq`` (with a code in ``accept``) until ``deadline``.
+        """Wait for the reply to ``seq`` (with a code in ``accept``) until ``deadline``.
 
-        Replies to other requests (left over from a withdrawn request) are
+        Other replies to this thread (left over from a withdrawn request) are
         dropped.  Returns ``None`` if ``deadline`` (``time.monotonic()``)
         passes.  An ERROR, REFUSED or DEADLOCK reply raises
-        :class:`MpilockError`, :class:`LimitError` or :class:`DeadlockError`.
+        :class:`MpilockError`, :class:`LimitError` or :class:`DeadlockError`;
+        a controller closed meanwhile (by another thread) :class:`ClosedError`.
         If the reply is not there at once, ``watcher(start)`` may return a
         :class:`Watcher` that questions the server while the wait lasts.
 
@@ -166,18 +231,89 @@ class Link:
         the link usable and loses no message: the receive is marked started
         just before it is started (a Test of a receive that never started
         reads code 0, which is skipped), and marked finished only as the reply,
-        payload and all, is handed back (until then a Test of the finished
+        payload and all, is put in its box (until then a Test of the finished
         receive reads the same header again, and the payload goes on arriving
-        where it stopped, :meth:`_payload`).  A reply handed back is the
+        where it stopped, :meth:`_payload`).  A reply taken from the box is the
         caller's: if an exception loses it there, a grant is handed back by the
         caller's cancel, and a question is asked again.
         """
+        slot = seq >> SLOT_SHIFT
+        box = self._boxes[slot]
+        answers = box.answers
+        state = _Wait(seq, deadline, watcher)
+        state.accept = accept
+        self._waiting[slot] = box
+        try:
+            while True:
+                if answers:
+                    answer = self._open(box, state)
+                    if answer is not None:
+                        return answer
+                    continue
+                if self.closed:
+                    raise ClosedError("this WindowController was closed (by another thread) while this one waited")
+                with self._role_lock:
+                    if self._receiver is None:
+                        self._receiver = state
+                if self._receiver is state:
+                    done = self._receive_for(box, state)
+                    self._receiver = None
+                    self._hand_over(slot)
+                    if done:
+                        if state.expired:
+                            return None
+                        continue
+                else:
+                    box.event.wait(HANDOVER_WAIT)
+                    box.event.clear()
+                    state.start_watch()
+                    watch = state.watch
+                    if watch is not None and state.question < 0 and time.monotonic() >= watch.due:
+                        state.question = watch.ask(self)
+                if state.due():
+                    return None
+        finally:  # stores only: no call where a handler could cut this short
+            if self._receiver is state:
+                self._receiver = None
+            del self._waiting[slot]
+
+    def _open(self, box: Box, state: _Wait) -> Answer | None:
+        """Take this thread's replies from its box: its answer, the watcher's, or stale ones (dropped)."""
+        answers = box.answers
+        for seq in list(answers):
+            answer = answers[seq]
+            del answers[seq]  # taken: no bytecode between reading and deleting where a handler runs
+            if seq == state.seq:
+                refusal = _REFUSALS.get(answer.code)
+                if refusal is not None:
+                    error, prefix = refusal
+                    raise error(prefix + joined(answer.payload).decode(errors="replace"))
+                if state.accept is None or answer.code in state.accept:
+                    return answer
+            elif seq == state.question and state.watch is not None:
+                state.question = -1
+                state.watch.answered(answer)
+        return None
+
+    def _hand_over(self, slot: int) -> None:
+        """After giving up the receiver role: wake another waiting thread so that it takes it."""
+        for other, box in list(self._waiting.items()):
+            if other != slot:
+                box.event.set()
+                return
+
+    def _receive_for(self, box: Box, state: _Wait) -> bool:
+        """As the receiver: test for replies until one is in ``box`` or the wait's deadline passes.
+
+        Returns true when the wait should look at its box (or has expired:
+        ``state.expired``).  Replies to other threads go to their boxes.
+        """
         backoff: Backoff | None = None
-        watch: Watcher | None = None
-        question = -1
         recv = self._recv
         sleeper = self._sleeper
         while True:
+            if self.closed:
+                return True
             if not self._started:
                 self._header[:8] = _NO_CODE  # what a Test reads if an exception skips the Start below
                 self._started = True
@@ -185,30 +321,24 @@ class Link:
             if recv.Test():
                 if sleeper is not None:
                     sleeper.done()
-                answer = self._take()  # marks the receive finished as it returns
-                if answer is None:
-                    continue
-                if answer.seq == seq:
-                    refusal = _REFUSALS.get(answer.code)
-                    if refusal is not None:
-                        error, prefix = refusal
-                        raise error(prefix + joined(answer.payload).decode(errors="replace"))
-                    if accept is None or answer.code in accept:
-                        return answer
-                elif answer.seq == question and watch is not None:
-                    question = -1
-                    watch.answered(answer)
+                delivered = self._take()  # puts it in its box and marks the receive finished as it returns
+                if delivered is box:
+                    return True
+                if delivered is not None:
+                    delivered.event.set()
                 if backoff is not None:
                     backoff.reset()
                 continue
-            if deadline is not None or watch is not None:
+            if state.deadline is not None or state.watch is not None:
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
+                if state.deadline is not None and now >= state.deadline:
                     if sleeper is not None:
                         sleeper.done()
-                    return None
-                if watch is not None and question < 0 and now >= watch.due:
-                    question = watch.ask(self)
+                    state.expired = True
+                    return True
+                watch = state.watch
+                if watch is not None and state.question < 0 and now >= watch.due:
+                    state.question = watch.ask(self)
             if PAUSED.is_set():  # MPI_Finalize has begun and no server thread runs: serve this rank's channels
                 if drive():
                     continue
@@ -216,13 +346,12 @@ class Link:
                 continue  # served a request here (perhaps ours): test again at once
             if backoff is None:  # created only when the reply is not there at once
                 backoff = Backoff(spin=CLIENT_SPIN_SECONDS)
-                if watcher is not None:
-                    watch = watcher(time.monotonic())
+                state.start_watch()
             if sleeper is not None and not PAUSED.is_set() and not backoff.spinning():
                 # Asleep on this rank's word until the server pokes it with a reply (or the next deadline).
-                until = deadline if deadline is not None else math.inf
-                if watch is not None:
-                    until = min(until, watch.due)
+                until = state.deadline if state.deadline is not None else math.inf
+                if state.watch is not None:
+                    until = min(until, state.watch.due)
                 if sleeper.sleep(until - time.monotonic()):
                     backoff.reset()  # poked: the reply is on its way; test hot until it shows
                 continue
@@ -237,23 +366,32 @@ class Link:
             else:
                 event.wait()
 
-    def call(self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b"") -> Answer:
-        """Send a request and wait for its reply."""
-        answer = self.wait(self.send(op, arg, aux, payload, area=area))
+    def call(
+        self, op: Op, seq: int, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b""
+    ) -> Answer:
+        """Send request ``seq`` and wait for its reply."""
+        answer = self.wait(self.send(op, seq, arg, aux, payload, area=area))
         assert answer is not None  # no deadline
         return answer
 
-    def _take(self) -> Answer | None:
-        """Read the reply in the header buffer and its payload; mark the receive finished as it returns."""
+    def _take(self) -> Box | None:
+        """Put the reply in the header buffer, payload and all, in its thread's box; return the box.
+
+        The receive is marked finished as the reply is put in the box.  A reply
+        to a thread this link has no box for is dropped.
+        """
         code, seq, arg, aux, nbytes, _, _ = HEADER.unpack_from(self._header)
         if not code:
             self._started = False
             return None
         payload = self._payload(seq, nbytes) if nbytes else None
         answer = Answer(_REPLIES[code], seq, arg, aux, payload)
-        self._rx = None  # these three statements run without a bytecode where a handler could run
+        box = self._boxes.get(seq >> SLOT_SHIFT)
+        self._rx = None  # from here on no bytecode where a handler could run: the reply is delivered whole
+        if box is not None:
+            box.answers[seq] = answer
         self._started = False
-        return answer
+        return box
 
     def _payload(self, seq: int, nbytes: int) -> Payload:
         """Receive the payload of reply ``seq`` (``nbytes`` as its header says); resumable.
@@ -312,13 +450,24 @@ class Link:
 
     def reap(self) -> None:
         """Complete the sends that have finished, releasing their buffers (a shared payload's, say)."""
-        self._sends = wire.reap(self._sends)
+        with self._send_lock:
+            self._sends = wire.reap(self._sends)
 
     def finish(self) -> None:
-        """Complete every send still in flight (before the communicator is freed)."""
-        wire.wait_all(self._sends)
-        self._sends.clear()
-        self._kept.clear()
+        """Complete every send still in flight (before the communicator is freed); end every other wait."""
+        with self._send_lock:
+            self.closed = True
+            wire.wait_all(self._sends)
+            self._sends.clear()
+            self._kept.clear()
+        for box in list(self._waiting.values()):
+            box.event.set()
+        while True:  # the last receiver has left the receive (it sees ``closed`` within a sleep's cap)
+            with self._role_lock:
+                if self._receiver is None:
+                    self._receiver = _Wait(0, None, None)
+                    break
+            time.sleep(0.001)
         if self._started:  # a reply nobody waits for any more (never after a CLOSE reply)
             self._recv.Cancel()
             self._recv.Wait()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._version import __version__
 from .errors import FencedSignal
+from .nesting import SPANS
 from .server import keys as keyspace
 from .server.core import READ, SLOT, WRITE
 
@@ -160,7 +161,7 @@ class Hooks:
         return tracer
 
     # -- locks ---------------------------------------------------------------
-    def enter_lock(self, lock: Lock) -> bool:
+    def enter_lock(self, lock: Lock, token: list[Any]) -> bool:
         """Take ``lock`` inside its spans; ``False`` (nothing done) if there is no tracer.
 
         If anything fails after the grant (this code, or a signal handler's
@@ -175,7 +176,7 @@ class Hooks:
         if tracer is None:
             return False
         ctrl, mode, keys = lock._ctrl, lock._mode, lock._keys
-        nested, promoted = nesting(ctrl._held, keys, mode)
+        nested, promoted = nesting(ctrl._holder().held, keys, mode)
         attributes: dict[str, AttributeValue] = {
             "mpi.rank": ctrl._rank,
             "mpi.master": ctrl._master,
@@ -190,11 +191,10 @@ class Hooks:
             attributes["mpilock.keys"] = [keyspace.describe(key) for key in keys]
         if lock._timeout is not None:
             attributes["mpilock.timeout"] = lock._timeout
-        if lock._spans is None:
-            lock._spans = []
-        depth = len(lock._taken)
+        spans: list[_Record] = []
         span = tracer.start_span(SPAN_NAMES[mode], attributes=attributes)
-        _held(tracer, span, None if nested else WAIT_NAMES[mode], ctrl._rank, lock._acquire, lock._spans, depth)
+        _held(tracer, span, None if nested else WAIT_NAMES[mode], ctrl._rank, lambda: lock._acquire(token), spans, 0)
+        token[SPANS] = spans  # the step's: its release ends them
         return True  # on an exception, Lock.__enter__ undoes the acquire (and pops its step) before it goes on
 
 
@@ -235,15 +235,15 @@ def _held(
         raise
 
 
-def exit_lock(lock: Lock, error: BaseException | None) -> None:
-    """End the span of the ``with`` block of ``lock`` that was just released (``error``: what leaves the block).
+def exit_lock(spans: list[_Record], error: BaseException | None) -> None:
+    """End the span of a ``with`` block whose lock was just released (``error``: what leaves the block).
 
-    Called by ``Lock.__exit__`` after the release, so nothing here can keep a
-    lock held.  A block entered without a span (tracing was off then) ends none.
+    Called by ``Lock.__exit__`` after the release, with the step's ``spans``,
+    so nothing here can keep a lock held; again after an exception cut it: a
+    span already ended is not ended twice.
     """
-    stack = lock._spans
-    if stack and stack[-1][2] == len(lock._taken):
-        _close(stack, error)
+    if spans:
+        _close(spans, error)
 
 
 # -- fences ------------------------------------------------------------------
@@ -258,7 +258,7 @@ def enter_fence(fence: Fence[T], enter: Callable[[], T]) -> T:
     if tracer is None or not fence.access:
         return enter()
     ctrl = fence._ctrl
-    nested, promoted = nesting(ctrl._held, (keyspace.DEFAULT,), WRITE)
+    nested, promoted = nesting(ctrl._holder().held, (keyspace.DEFAULT,), WRITE)
     attributes = _fence_attributes(fence)
     attributes.update({"mpilock.nested": nested, "mpilock.promoted": promoted, "mpilock.mode": "write"})
     span = tracer.start_span(SPAN_NAMES[WRITE], attributes=attributes)

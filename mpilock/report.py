@@ -31,18 +31,23 @@ class LongWait(Watcher):
 
     def __init__(
         self,
-        rank: int,
+        rank: str,
         what: str | Callable[[], str],
         request: tuple[bytes, int, bytes | None],
         start: float,
         threshold: float,
+        reserve: Callable[[], int],
     ) -> None:
-        """Rank ``rank`` asked for ``what`` (e.g. ``write 'a' at sim.py:44``), sent as key ``request``.
+        """Holder ``rank`` (a name) asked for ``what`` (e.g. ``write 'a' at sim.py:44``), sent as key ``request``.
 
         ``what`` may be a function that names the request: it is called only
         when a report is made, so a wait that ends before costs nothing.
+        ``reserve`` gives the waiting thread's next sequence number (its
+        question's answer comes back to it).
         """
+        self.reserve = reserve
         self.rank = rank
+        """Who waits: ``rank 1``, or ``rank 1 / worker-2`` for a thread other than the rank's first."""
         self.what = what
         self.area, flags, self.payload = request
         self.flags = (flags & _KEY_FLAGS) | int(Flag.FILTER)
@@ -53,7 +58,7 @@ class LongWait(Watcher):
 
     def ask(self, link: Link) -> int:
         """Ask the server for the table of the awaited lock(s)."""
-        return link.send(Op.LOCKS, self.flags, payload=self.payload, area=self.area)
+        return link.send(Op.LOCKS, self.reserve(), self.flags, payload=self.payload, area=self.area)
 
     def answered(self, answer: Answer) -> None:
         """Log the table; the next report is due after twice the wait so far."""
@@ -61,8 +66,6 @@ class LongWait(Watcher):
         table = LockTable(pickle.loads(joined(answer.payload)))
         if callable(self.what):
             self.what = self.what()
-        log.warning(
-            "rank %d has waited %.1f s for %s; the lock server's view:\n%s", self.rank, waited, self.what, table
-        )
+        log.warning("%s has waited %.1f s for %s; the lock server's view:\n%s", self.rank, waited, self.what, table)
         self.reports += 1
         self.due = self.start + self.threshold * 2**self.reports

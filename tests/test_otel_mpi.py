@@ -84,7 +84,7 @@ def nothing_left_held(ctrl, *keys):
         pass
     COMM.barrier()
     assert ctrl.locks() == []
-    assert ctrl._held == {}
+    assert ctrl._holder().held == {}
 
 
 @mpi(min_ranks=2)
@@ -291,7 +291,7 @@ def test_tracing_code_failing_after_the_grant_releases_the_lock(ctrl, mpi_ranks,
         with ctrl.write("t"):
             pytest.fail("the with block ran although __enter__ failed")
     monkeypatch.undo()
-    assert ctrl._held == {}
+    assert ctrl._holder().held == {}
     write = one(finished("mpilock.write"))
     assert_error(write, Broken, "attach failed")
     assert one(children(write, "mpilock.write.wait")).status.status_code is StatusCode.UNSET  # granted
@@ -368,5 +368,5 @@ def test_no_spans_when_switched_off_and_none_at_all_with_the_noop_provider(ctrl,
     finally:
         otel.configure(PROVIDER)
     assert [s.attributes["mpilock.nested"] for s in finished("mpilock.write")] == [True]
-    assert ctrl._held == {}
+    assert ctrl._holder().held == {}
     nothing_left_held(ctrl, "m")
