@@ -99,6 +99,7 @@ bench: install
 
 stress: install
 	MPILOCK_STRESS_OPS=12000 $(MPIEXEC) -n 8 $(BIN)/python -m mpi4py tests/stress.py --mode both
+	MPILOCK_STRESS_OPS=12000 $(MPIEXEC) -n 4 $(BIN)/python -m mpi4py tests/stress.py --mode keyed --threads 4
 
 # The package as users get it: sdist and wheel built without warnings, twine check,
 # the wheel in a fresh venv outside the checkout running an example at 2 ranks,

@@ -299,6 +299,7 @@ class WindowController:
         self._closed = False
         self._serial = serial
         lifecycle.register(serial, self)
+        self._new_holder()  # slot 0: the thread that made the controller (named "rank R" alone in messages)
 
     def _link_waker(self) -> Any:
         """Return this rank's mapping of the server's wake word, or ``None`` (for tests; see :mod:`.server.wake`)."""

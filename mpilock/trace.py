@@ -19,7 +19,7 @@ from typing import Any
 
 from .server import keys as keyspace
 from .server.events import Send
-from .server.protocol import Op, Reply
+from .server.protocol import SLOT_SHIFT, Op, Reply
 
 # Plain ints for the hot path (the server calls observe() on every request;
 # enum attribute lookups cost ~60 ns each on CPython 3.11).
@@ -46,8 +46,10 @@ class Recorder:
         self.keep_events = keep_events
         self.events: list[tuple[float, int, str, str, bytes]] = []
         """(time, rank, phase, kind, key) with phase in request/grant/release/cancel/denied/refused/deadlock."""
-        self._pending: dict[int, tuple[float, str, tuple[bytes, ...]]] = {}
-        self._held: list[dict[bytes, tuple[float, str]]] = [{} for _ in range(size)]
+        self._pending: dict[tuple[int, int], tuple[float, str, tuple[bytes, ...]]] = {}
+        """(rank, slot) -> the request that holder waits for: a thread of a rank (see :mod:`mpilock.holder`)."""
+        self._held: dict[tuple[int, int], dict[bytes, tuple[float, str]]] = {}
+        """(rank, slot) -> key -> since when, and how, that holder holds it."""
         self.counts = [[0, 0, 0] for _ in range(size)]
         """Per rank: grants of read, write and slot."""
         self.waits: list[deque[float]] = [deque(maxlen=WAIT_SAMPLES) for _ in range(size)]
@@ -66,53 +68,60 @@ class Recorder:
     ) -> None:
         """Account for one request on ``keys`` (default: the default lock) and the replies it caused."""
         kind = _KIND.get(op)
+        holder = (rank, seq >> SLOT_SHIFT)
         if kind is not None:
-            self._pending[rank] = (now, kind, keys)
+            self._pending[holder] = (now, kind, keys)
             if self.keep_events:
                 for key in keys:
                     self.events.append((now, rank, "request", kind, key))
         elif op == _RELEASE:
             for key in keys:
-                self._end_hold(now, rank, key, "release")
+                self._end_hold(now, holder, key, "release")
         elif op == _DOWNGRADE:
             for key in keys:
-                self._end_hold(now, rank, key, "release")
-                self._start_hold(now, rank, key, "read")
+                self._end_hold(now, holder, key, "release")
+                self._start_hold(now, holder, key, "read")
             self._log_all(now, rank, "grant", "read", keys)
         elif op == _CANCEL:
-            pending = self._pending.pop(rank, None)
+            pending = self._pending.pop(holder, None)
             if pending is not None:
                 self._log_all(now, rank, "cancel", pending[1], pending[2])
             else:  # a grant that raced the cancel was handed back
                 for key in keys:
-                    self._end_hold(now, rank, key, "release")
-        elif op == _CLOSE:  # closing releases held locks and drops a queued request
-            for key in list(self._held[rank]):
-                self._end_hold(now, rank, key, "release")
-            pending = self._pending.pop(rank, None)
-            if pending is not None:
-                self._log_all(now, rank, "cancel", pending[1], pending[2])
+                    self._end_hold(now, holder, key, "release")
+        elif op == _CLOSE:  # closing releases the locks every thread of the rank holds and drops their requests
+            for other in [h for h in self._held if h[0] == rank]:
+                for key in list(self._held[other]):
+                    self._end_hold(now, other, key, "release")
+            for other in [h for h in self._pending if h[0] == rank]:
+                _, kind, keys_ = self._pending.pop(other)
+                self._log_all(now, rank, "cancel", kind, keys_)
         for reply in replies:
             code = reply.code
             if code == _GRANTED:
-                pending = self._pending.pop(reply.rank, None)
+                whose = (reply.rank, reply.seq >> SLOT_SHIFT)
+                pending = self._pending.pop(whose, None)
                 if pending is not None:
-                    self._granted(now, reply.rank, pending)
-            elif code in _ENDED and reply.rank in self._pending:
-                _, kind, keys_ = self._pending.pop(reply.rank)
-                self._log_all(now, reply.rank, _ENDED[code], kind, keys_)
+                    self._granted(now, whose, pending)
+            elif code in _ENDED:
+                whose = (reply.rank, reply.seq >> SLOT_SHIFT)
+                if whose in self._pending:
+                    _, kind, keys_ = self._pending.pop(whose)
+                    self._log_all(now, reply.rank, _ENDED[code], kind, keys_)
 
-    def _granted(self, now: float, rank: int, pending: tuple[float, str, tuple[bytes, ...]]) -> None:
+    def _granted(self, now: float, holder: tuple[int, int], pending: tuple[float, str, tuple[bytes, ...]]) -> None:
+        rank = holder[0]
         asked, kind, keys = pending
         self.counts[rank][_COUNTS[kind]] += 1
         wait = now - asked
         self.waits[rank].append(wait)
         if wait > self.wait_max[rank]:
             self.wait_max[rank] = wait
+        held = self._held.get(holder)
         for key in keys:
-            if key in self._held[rank]:  # an in-place upgrade ends the read it was
-                self._end_hold(now, rank, key, "release")
-            self._start_hold(now, rank, key, kind)
+            if held is not None and key in held:  # an in-place upgrade ends the read it was
+                self._end_hold(now, holder, key, "release")
+            self._start_hold(now, holder, key, kind)
             if key:
                 totals = self._totals(key)
                 totals[_COUNTS[kind]] += 1
@@ -124,13 +133,20 @@ class Recorder:
         if self.keep_events:
             self._log_all(now, rank, "grant", kind, keys)
 
-    def _start_hold(self, now: float, rank: int, key: bytes, kind: str) -> None:
-        self._held[rank][key] = (now, kind)
+    def _start_hold(self, now: float, holder: tuple[int, int], key: bytes, kind: str) -> None:
+        held = self._held.get(holder)
+        if held is None:
+            held = self._held[holder] = {}
+        held[key] = (now, kind)
 
-    def _end_hold(self, now: float, rank: int, key: bytes, phase: str) -> None:
-        held = self._held[rank].pop(key, None)
+    def _end_hold(self, now: float, holder: tuple[int, int], key: bytes, phase: str) -> None:
+        holds = self._held.get(holder)
+        held = holds.pop(key, None) if holds is not None else None
         if held is None:
             return
+        if not holds:
+            del self._held[holder]  # the table follows the holders that hold something
+        rank = holder[0]
         span = now - held[0]
         self.hold_total[rank] += span
         if key:

@@ -23,6 +23,7 @@ import argparse
 import os
 import random
 import sys
+import threading
 import time
 from contextlib import ExitStack
 
@@ -35,8 +36,10 @@ import mpilock
 class Worker:
     """One rank's random walk through reads, writes, nesting and timeouts."""
 
-    def __init__(self, ctrl: mpilock.WindowController, seed: int) -> None:
+    def __init__(self, ctrl: mpilock.WindowController, seed: int, who: int | None = None) -> None:
         self.ctrl = ctrl
+        self.who = ctrl.rank if who is None else who
+        """The holder in the recorded spans: the rank, or ``rank * 1000 + thread`` with threads."""
         self.rng = random.Random(seed)
         self.spans: list[Span] = []
         self.ops = 0
@@ -51,7 +54,7 @@ class Worker:
             time.sleep(pause)
 
     def span(self, kind: str, start: float) -> None:
-        self.spans.append((self.ctrl.rank, kind, start, time.monotonic()))
+        self.spans.append((self.who, kind, start, time.monotonic()))
 
     def step(self) -> None:
         shape = self.rng.choice(["read", "write", "write", "read-read", "read-write", "write-read"])
@@ -92,14 +95,14 @@ BOUNDED = {"io": 2, "one": 1}
 class KeyedWorker(Worker):
     """One rank's random walk through nested keyed locks taken in random order, retrying after deadlocks."""
 
-    def __init__(self, ctrl: mpilock.WindowController, seed: int) -> None:
-        super().__init__(ctrl, seed)
+    def __init__(self, ctrl: mpilock.WindowController, seed: int, who: int | None = None) -> None:
+        super().__init__(ctrl, seed, who)
         self.key_spans: dict[str, list[Span]] = {}
         self.deadlocks = 0
         self.retries_exhausted = 0
 
     def key_span(self, key: str, kind: str, start: float) -> None:
-        self.key_spans.setdefault(key, []).append((self.ctrl.rank, kind, start, time.monotonic()))
+        self.key_spans.setdefault(key, []).append((self.who, kind, start, time.monotonic()))
 
     def plan(self) -> list[tuple[str, str]]:
         """2 or 3 distinct locks, in random order: (key, "read"/"write"/"slot")."""
@@ -157,14 +160,42 @@ class KeyedWorker(Worker):
         self.retries_exhausted += 1
 
 
-def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0, keyed: bool = False) -> dict[str, float]:
-    """Run about ``total_ops`` lock operations over ``comm``; return the figures on every rank."""
+def run(
+    total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0, keyed: bool = False, threads: int = 0
+) -> dict[str, float]:
+    """Run about ``total_ops`` lock operations over ``comm``; return the figures on every rank.
+
+    With ``threads``, each rank runs that many threads on its one controller,
+    each a holder of its own (spans are told apart as ``rank * 1000 + thread``).
+    """
     ctrl = mpilock.sync(comm)
-    worker = (KeyedWorker if keyed else Worker)(ctrl, seed * 1000 + comm.rank)
+    kind = KeyedWorker if keyed else Worker
+    if threads:
+        workers = [kind(ctrl, seed * 100_000 + comm.rank * 100 + t, comm.rank * 1000 + t) for t in range(threads)]
+    else:
+        workers = [kind(ctrl, seed * 1000 + comm.rank)]
+    share = total_ops // (comm.size * len(workers))
+    errors: list[BaseException] = []
+
+    def drive(worker: Worker) -> None:
+        try:
+            while worker.ops < share:
+                worker.step()
+        except BaseException as error:
+            errors.append(error)
+
     comm.barrier()
     began = time.monotonic()
-    while worker.ops < total_ops // comm.size:
-        worker.step()
+    if threads:
+        running = [threading.Thread(target=drive, args=(w,), name=f"stress-{i}") for i, w in enumerate(workers)]
+        for thread in running:
+            thread.start()
+        for thread in running:
+            thread.join()
+    else:
+        drive(workers[0])
+    if errors:
+        raise errors[0]
     comm.barrier()
     wall = time.monotonic() - began
     with ctrl.write(timeout=30), ctrl.write(*KEYS, timeout=30):  # a leaked lock would make this time out
@@ -178,21 +209,23 @@ def run(total_ops: int, comm: MPI.Intracomm = MPI.COMM_WORLD, seed: int = 0, key
     while (left := len(ctrl.locks())) and time.monotonic() < deadline:
         time.sleep(0.01)
     ctrl.close()
-    spans = [s for part in comm.allgather(worker.spans) for s in part]
+    spans = [s for part in comm.allgather([s for w in workers for s in w.spans]) for s in part]
     violations = len(overlaps(spans))
     key_spans: dict[str, list[Span]] = {}
-    if isinstance(worker, KeyedWorker):
-        for part in comm.allgather(worker.key_spans):
-            for key, mine in part.items():
-                key_spans.setdefault(key, []).extend(mine)
+    if keyed:
+        for part in comm.allgather([w.key_spans for w in workers]):
+            for spans_of in part:
+                for key, mine in spans_of.items():
+                    key_spans.setdefault(key, []).extend(mine)
         for key, mine in key_spans.items():
             violations += most_at_once(mine) > BOUNDED[key] if key in BOUNDED else len(overlaps(mine))
     return {
         "ranks": comm.size,
-        "ops": comm.allreduce(worker.ops),
-        "timeouts": comm.allreduce(worker.timeouts),
-        "deadlocks": comm.allreduce(getattr(worker, "deadlocks", 0)),
-        "stuck": comm.allreduce(getattr(worker, "retries_exhausted", 0)),
+        "threads": len(workers),
+        "ops": comm.allreduce(sum(w.ops for w in workers)),
+        "timeouts": comm.allreduce(sum(w.timeouts for w in workers)),
+        "deadlocks": comm.allreduce(sum(getattr(w, "deadlocks", 0) for w in workers)),
+        "stuck": comm.allreduce(sum(getattr(w, "retries_exhausted", 0) for w in workers)),
         "spans": len(spans) + sum(len(s) for s in key_spans.values()),
         "violations": violations,
         "locks_left": left,
@@ -204,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point for ``make stress``."""
     parser = argparse.ArgumentParser(description="randomized stress run of mpilock (under mpiexec)")
     parser.add_argument("--mode", choices=["default", "keyed", "both"], default="both")
+    parser.add_argument("--threads", type=int, default=0, help="threads per rank, each a holder (default: none)")
     args = parser.parse_args(argv)
     total = int(os.environ.get("MPILOCK_STRESS_OPS", "10000"))
     seed = int(os.environ.get("MPILOCK_STRESS_SEED", "1"))
     failed = False
     for mode in ["default", "keyed"] if args.mode == "both" else [args.mode]:
-        figures = run(total, seed=seed, keyed=mode == "keyed")
+        figures = run(total, seed=seed, keyed=mode == "keyed", threads=args.threads)
         failed = failed or bool(figures["violations"] or figures["locks_left"] or figures["stuck"])
         if MPI.COMM_WORLD.rank == 0:
             keyed = (
@@ -218,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
             print(
-                f"stress ({mode}): {figures['ops']} lock operations over {figures['ranks']} ranks in "
+                f"stress ({mode}): {figures['ops']} lock operations over {figures['ranks']} ranks "
+                f"x {figures['threads']} thread(s) in "
                 f"{figures['wall']:.1f} s ({figures['ops'] / figures['wall']:.0f} ops/s), {figures['timeouts']} "
                 f"timeouts, {keyed}{figures['spans']} held intervals checked, {figures['violations']} violations, "
                 f"{figures['locks_left']} locks left",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -36,8 +37,10 @@ def test_a_waiting_client_serves_its_request_without_a_server_thread():
     comm = MPI.COMM_SELF.Dup()
     channel = Channel(comm)  # never added to the service loop: no server thread polls it
     link = Link(comm, 0, channel.help)
+    link.open_box(0)
+    numbers = itertools.count(1)  # sequence numbers of slot 0 (the rank's first thread)
     try:
-        seq = link.send(Op.WRITE)
+        seq = link.send(Op.WRITE, next(numbers))
         assert channel.help() is False  # never in the main thread: a signal handler's exception could strike
         with channel._lock:  # as if the server thread were polling: help() must not wait for it
             assert in_a_thread(channel.help) is False
@@ -45,8 +48,8 @@ def test_a_waiting_client_serves_its_request_without_a_server_thread():
         assert answer is not None and answer.code == Reply.GRANTED and answer.seq == seq
         assert channel.core.holds(0) and channel.core.state().write_hold[0] == seq
 
-        link.send(Op.RELEASE)
-        answer = in_a_thread(lambda: link.wait(link.send(Op.CLOSE), deadline=time.monotonic() + 10))
+        link.send(Op.RELEASE, next(numbers))
+        answer = in_a_thread(lambda: link.wait(link.send(Op.CLOSE, next(numbers)), deadline=time.monotonic() + 10))
         assert answer is not None and answer.code == Reply.CLOSED
         assert not channel.core.holds(0)  # the release was served before the close
         assert channel.finished.is_set()
@@ -60,14 +63,16 @@ def test_without_help_the_client_only_waits():
     comm = MPI.COMM_SELF.Dup()
     channel = Channel(comm)
     link = Link(comm, 0)  # a rank other than the master: nothing to help with
+    link.open_box(0)
+    numbers = itertools.count(1)
     try:
-        seq = link.send(Op.READ)
+        seq = link.send(Op.READ, next(numbers))
         assert link.wait(seq, deadline=time.monotonic() + 0.05) is None  # nobody serves it
         assert channel.poll() is True  # the server's poll does
         answer = link.wait(seq, deadline=time.monotonic() + 10)
         assert answer is not None and answer.code == Reply.GRANTED
-        link.send(Op.RELEASE)
-        seq = link.send(Op.CLOSE)
+        link.send(Op.RELEASE, next(numbers))
+        seq = link.send(Op.CLOSE, next(numbers))
         assert link.wait(seq, deadline=0.0) is None  # posts the receive the CLOSED reply needs (MPI self-sends)
         while not channel.finished.is_set():
             channel.poll()

@@ -25,7 +25,7 @@ def test_the_request_is_named_only_when_a_report_is_made(caplog):
         named.append(1)
         return "write 'a' (asked at sim.py:44)"
 
-    watch = LongWait(1, what, (b"sa", 0, None), start=100.0, threshold=0.5)
+    watch = LongWait("rank 1", what, (b"sa", 0, None), start=100.0, threshold=0.5, reserve=lambda: 1)
     assert named == []  # every wait that is not answered at once makes a watcher: naming it then would cost each
     assert watch.due == 100.5
     with caplog.at_level(logging.WARNING, logger="mpilock"):
@@ -40,7 +40,7 @@ def test_the_request_is_named_only_when_a_report_is_made(caplog):
 
 
 def test_a_plain_text_still_works(caplog):
-    watch = LongWait(2, "read 'b' (asked at ?)", (b"sb", 0, None), start=0.0, threshold=1.0)
+    watch = LongWait("rank 2", "read 'b' (asked at ?)", (b"sb", 0, None), start=0.0, threshold=1.0, reserve=lambda: 1)
     with caplog.at_level(logging.WARNING, logger="mpilock"):
         watch.answered(Answer(Reply.PAYLOAD, 1, 0, 0, pickle.dumps([])))
     assert "for read 'b' (asked at ?)" in caplog.records[0].getMessage()
