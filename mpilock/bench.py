@@ -80,6 +80,7 @@ PHASES = (
     "own-keys",
     "bounded",
     "million",
+    "threads",
     "storm",
 )
 
@@ -684,6 +685,37 @@ def phase_throughput(
         name: Throughput(median(f[0] for f in rows), median(f[1] for f in rows), median(f[2] for f in rows))
         for name, rows in figures.items()
     }
+
+
+def phase_threads(ctrl: WindowController, threads: int, key: str, seconds: float) -> float | None:
+    """Lock operations per second of every rank's ``threads`` threads writing ``key`` ("own": one per thread).
+
+    Each thread of each rank is a holder of its own; on the master the total rate, elsewhere ``None``.
+    """
+    rank = WORLD.Get_rank()
+    counts = [0] * threads
+    stop = threading.Event()
+
+    def loop(index: int) -> None:
+        name = f"own-{rank}-{index}" if key == "own" else key
+        while not stop.is_set():
+            with ctrl.write(name):
+                pass
+            counts[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,), name=f"bench-{i}") for i in range(threads)]
+    quiet_barrier()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    rate = sum(counts) / (time.perf_counter() - start)
+    total = WORLD.reduce(rate, root=MASTER)
+    quiet_barrier()
+    return float(cast(float, total)) if rank == MASTER else None
 
 
 def percentiles_of(samples: list[float]) -> tuple[float, float]:
@@ -1321,6 +1353,17 @@ def keyed_rows(
                     note=f"same rounds, interleaved; p50 wait {same.wait_p50 * 1e3:.2f} ms",
                 )
             )
+    if "threads" in wanted:
+        for key in ("shared", "own"):
+            base: float | None = None
+            for threads in (1, 2, 4, 8):
+                rate = phase_threads(ctrl, threads, key, 0.6 * scale)
+                if rate is None:
+                    continue
+                base = base or rate
+                what = "one shared key" if key == "shared" else "own key per thread"
+                note = f"{rate / base:.2f}x 1 thread per rank; every thread a holder of its own"
+                rows.append(Row(f"threads: write(), {what}, {size} ranks x {threads}", rate, "/s", None, note=note))
     if "bounded" in wanted:
         result = phase_throughput({"bounded": lambda: ctrl.bounded("bench/fs", 2)}, 3, 0.8 * scale)
         if result:

@@ -17,7 +17,7 @@ from .server import frames, wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Frames, Payload, joined
 from .server.native import PAUSED, drive
-from .server.protocol import HEADER, SLOT_SHIFT, TAG_FRAMES, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .server.protocol import HEADER, SLOT_SHIFT, TAG_FRAMES, TAG_REPLY, TAG_REPLY_PAYLOAD, TAG_REQUEST, Op, Reply
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
 _NOBODY = -12345
@@ -91,14 +91,27 @@ class _Wait:
 class Box:
     """Where the replies to one thread of this rank wait for it (the thread's slot, see :mod:`mpilock.holder`)."""
 
-    __slots__ = ("answers", "event")
+    __slots__ = ("_bell", "answers")
 
     def __init__(self) -> None:
         """Make an empty box."""
         self.answers: dict[int, Answer] = {}
         """seq -> reply, put here by whichever thread received it."""
-        self.event = threading.Event()
-        """Set when a reply is put here, or when the thread should try to become the receiver."""
+        self._bell = threading.Lock()
+        """Locked while nobody rang: a C lock, not a ``threading.Event`` (Python code, which a signal
+        handler's exception can leave with its inner lock held, blocking every thread)."""
+        self._bell.acquire()
+
+    def ring(self) -> None:
+        """Wake the thread: a reply is here, or it should try to become the receiver."""
+        try:  # noqa: SIM105 - contextlib.suppress is Python code a signal handler could cut
+            self._bell.release()
+        except RuntimeError:
+            pass  # rung already
+
+    def sleep(self, seconds: float) -> None:
+        """Wait until the bell rings or ``seconds`` pass (the box is the truth; the bell only wakes)."""
+        self._bell.acquire(timeout=seconds)
 
 
 class Link:
@@ -264,8 +277,7 @@ class Link:
                             return None
                         continue
                 else:
-                    box.event.wait(HANDOVER_WAIT)
-                    box.event.clear()
+                    box.sleep(HANDOVER_WAIT)
                     state.start_watch()
                     watch = state.watch
                     if watch is not None and state.question < 0 and time.monotonic() >= watch.due:
@@ -299,7 +311,7 @@ class Link:
         """After giving up the receiver role: wake another waiting thread so that it takes it."""
         for other, box in list(self._waiting.items()):
             if other != slot:
-                box.event.set()
+                box.ring()
                 return
 
     def _receive_for(self, box: Box, state: _Wait) -> bool:
@@ -325,7 +337,7 @@ class Link:
                 if delivered is box:
                     return True
                 if delivered is not None:
-                    delivered.event.set()
+                    delivered.ring()
                 if backoff is not None:
                     backoff.reset()
                 continue
@@ -412,7 +424,7 @@ class Link:
         if rx[4] is None:
             if nbytes > 0:
                 if rx[1] is None:
-                    rx[1] = [([bytearray(nbytes), MPI.BYTE], TAG_PAYLOAD)]
+                    rx[1] = [([bytearray(nbytes), MPI.BYTE], TAG_REPLY_PAYLOAD)]
                 self._receive(rx)
                 rx[4] = bytes(rx[1][0][0][0])
             elif self.master == self.comm.Get_rank():
@@ -461,7 +473,7 @@ class Link:
             self._sends.clear()
             self._kept.clear()
         for box in list(self._waiting.values()):
-            box.event.set()
+            box.ring()
         while True:  # the last receiver has left the receive (it sees ``closed`` within a sleep's cap)
             with self._role_lock:
                 if self._receiver is None:

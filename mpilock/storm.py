@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,20 +208,45 @@ def check(ctrl: WindowController, kind: str, timeout: float = 5.0) -> list[str]:
     return failures
 
 
-def storm(ctrl: WindowController, kind: str, seconds: float, seed: int = 0) -> tuple[Result, list[str]]:
+def storm(
+    ctrl: WindowController, kind: str, seconds: float, seed: int = 0, threads: int = 0
+) -> tuple[Result, list[str]]:
     """Share a payload if the kind needs one, run the storm, check; return this rank's findings (collective).
 
-    The master also counts the server's protocol-error warnings.
+    The master also counts the server's protocol-error warnings.  With
+    ``threads``, that many other threads of each rank lock meanwhile (keys
+    ``a``, ``b`` and a bounded key, as holders of their own): the storm strikes
+    only the main thread, and must leave theirs alone.
     """
     payload = share(ctrl, seed) if kind in ("collect", "mixed") else None
     errors = ProtocolErrors()
     logging.getLogger("mpilock.server").addHandler(errors)
+    stop = threading.Event()
+    others: list[str] = []
+
+    def lock_on(index: int) -> None:
+        try:
+            while not stop.is_set():
+                with ctrl.write("a", timeout=30), ctrl.read("b", timeout=30):
+                    pass
+                with ctrl.bounded("slots", 2, timeout=30):
+                    pass
+        except Exception as error:
+            others.append(f"rank {ctrl.rank} thread {index}: {type(error).__name__}: {error}")
+
+    lockers = [threading.Thread(target=lock_on, args=(i,), name=f"storm-{i}") for i in range(threads)]
     try:
         ctrl.comm.Barrier()
+        for locker in lockers:
+            locker.start()
         result = run(ctrl, kind, seconds, seed, payload)
+        stop.set()
+        for locker in lockers:
+            locker.join()
         ctrl.comm.Barrier()
-        failures = check(ctrl, kind)
+        failures = others + check(ctrl, kind)
     finally:
+        stop.set()
         logging.getLogger("mpilock.server").removeHandler(errors)
     failures += [f"server: {m}" for m in errors.messages]
     return result, result.errors + failures

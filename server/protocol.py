@@ -5,7 +5,7 @@ little-endian int64 words ``[code, seq, arg, aux, nbytes, site, keys]``
 followed by the *key area* of ``keys`` bytes (at most ``KEY_AREA``; none for
 the controller's default lock).  A reply is the header alone on ``TAG_REPLY``.  When
 ``nbytes > 0`` a byte message of that length follows from the same sender on
-``TAG_PAYLOAD`` (cloudpickle bytes, an error text, or a key area too long to
+``TAG_PAYLOAD`` (``TAG_REPLY_PAYLOAD`` after a reply) (cloudpickle bytes, an error text, or a key area too long to
 travel inline); ``nbytes < 0`` announces ``-nbytes`` frames on ``TAG_FRAMES``
 instead (a pickle stream and its out-of-band buffers, :mod:`.frames`).
 
@@ -48,6 +48,10 @@ TAG_REPLY = 12
 TAG_PAYLOAD = 13
 TAG_FRAMES = 14
 """Frame tables and frames of multi-frame payloads (header ``nbytes < 0``, see :mod:`.frames`)."""
+TAG_REPLY_PAYLOAD = 15
+"""The payload of a reply (requests' payloads go on ``TAG_PAYLOAD``).  Apart, because the master's own
+client sends request payloads to, and receives reply payloads from, its own rank: on one tag a receive of
+either could take the other."""
 
 
 class Op(IntEnum):

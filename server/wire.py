@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from . import frames, keys
 from .frames import Frames, Payload
-from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, TAG_REPLY, TAG_REQUEST, Flag
+from .protocol import HEADER, KEY_AREA, MAX_MESSAGE, TAG_PAYLOAD, TAG_REPLY, TAG_REPLY_PAYLOAD, TAG_REQUEST, Flag
 
 Pending = list[tuple[Any, Any]]
 """Sends in flight, each with the buffer MPI may still read: a request, or a list of persistent requests
@@ -81,7 +81,8 @@ def isend(
     if isinstance(payload, Frames):
         frames.isend(comm, dest, payload, pending, frames.SMALL_CHUNK if tag == TAG_REQUEST else frames.BIG_CHUNK)
     elif payload:
-        pending.append((comm.Isend([payload, MPI.BYTE], dest, TAG_PAYLOAD), payload))
+        payload_tag = TAG_REPLY_PAYLOAD if tag == TAG_REPLY else TAG_PAYLOAD
+        pending.append((comm.Isend([payload, MPI.BYTE], dest, payload_tag), payload))
 
 
 def request_parts(
@@ -158,17 +159,3 @@ def wait_all(pending: Pending) -> None:
     for r, _ in pending:
         if type(r) is list:
             MPI.Request.Waitall(r)
-
-
-def recv_payload(comm: MPI.Intracomm, source: int, nbytes: int, tag: int = TAG_REPLY) -> Payload | None:
-    """Receive the payload announced by a header from ``source`` on ``tag`` (``None`` if there is none).
-
-    Blocks until it is here, frames included.
-    """
-    if not nbytes:
-        return None
-    if nbytes < 0:
-        return frames.recv(comm, source, tag, -nbytes)
-    buf = bytearray(nbytes)
-    comm.Recv([buf, MPI.BYTE], source, TAG_PAYLOAD)
-    return bytes(buf)
