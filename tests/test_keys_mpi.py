@@ -282,7 +282,7 @@ def test_bad_input_fails_on_the_calling_rank_only_and_holds_nothing(ctrl, mpi_ra
             with pytest.raises(error, match=text):
                 with make(ctrl):
                     pytest.fail("a bad request was granted")
-            assert ctrl._held == {}
+            assert ctrl._holder().held == {}
         with ctrl.write("3", 3):  # "3" and 3 are two keys, not a duplicate
             pass
     else:  # the others keep locking meanwhile
@@ -319,7 +319,7 @@ def test_a_disagreeing_limit_fails_the_rank_that_disagrees_only(ctrl, mpi_ranks)
             with ctrl.bounded("lim", 2):
                 pytest.fail("granted a second limit")
         assert isinstance(info.value, ValueError)
-        assert ctrl._held == {}
+        assert ctrl._holder().held == {}
         COMM.send(None, dest=holder, tag=1)
         COMM.recv(source=holder, tag=2)
         with ctrl.bounded("lim", 1), spans.hold("slot"):

@@ -41,33 +41,27 @@ def test_a_fence_refuses_a_second_with_on_every_rank(ctrl, mpi_ranks):
 
 
 @mpi()
-def test_a_second_thread_gets_a_clear_error_before_the_server_sees_anything(ctrl, mpi_ranks):
-    with ctrl.write():
-        pass  # this thread uses the controller now
+def test_a_lock_entered_by_one_thread_cannot_be_exited_by_another(ctrl, mpi_ranks):
+    key = f"m{ctrl.rank}"
+    lock = ctrl.write(key)
+    lock.__enter__()
     errors = []
 
     def other_thread():
-        for call in (ctrl.read, ctrl.write, lambda: ctrl.bounded("k", 2), ctrl.single_write, ctrl.locks):
-            try:
-                with call():
-                    pass
-            except mpilock.MpilockError as err:
-                errors.append(str(err))
+        try:
+            lock.__exit__(None, None, None)
+        except mpilock.MpilockError as err:
+            errors.append(str(err))
 
-    thread = threading.Thread(target=other_thread)
+    thread = threading.Thread(target=other_thread, name="other")
     thread.start()
     thread.join(30)
     assert not thread.is_alive()
-    assert len(errors) == 5 and all("own controller" in e for e in errors), errors
-    COMM.barrier()
-    assert ctrl.locks() == []  # nothing reached the server
-    lock_still_works(ctrl)
-    with mpilock.sync() as mine:  # one controller per thread is the way
-        done = []
-        t = threading.Thread(target=lambda: done.append(mine.write(timeout=20).__enter__()))
-        t.start()
-        t.join(30)
-        assert done == [None]
+    assert len(errors) == 1 and "was not entered by this thread" in errors[0], errors
+    holders = ctrl.locks(key)[0]["holders"]
+    assert [(h["rank"], h["thread"]) for h in holders] == [(ctrl.rank, "MainThread")]  # still this thread's
+    lock.__exit__(None, None, None)
+    assert ctrl.locks(key) == []
 
 
 class Unloadable:

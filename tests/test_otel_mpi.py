@@ -21,6 +21,7 @@ from opentelemetry.trace import StatusCode
 
 import mpilock
 from mpilock import otel
+from mpilock.nesting import SPANS
 
 COMM = MPI.COMM_WORLD
 EXPORTER = InMemorySpanExporter()
@@ -295,10 +296,10 @@ def test_tracing_code_failing_after_the_grant_releases_the_lock(ctrl, mpi_ranks,
     write = one(finished("mpilock.write"))
     assert_error(write, Broken, "attach failed")
     assert one(children(write, "mpilock.write.wait")).status.status_code is StatusCode.UNSET  # granted
-    lock = ctrl.write("t")
-    with lock:
-        assert lock._spans and len(lock._spans) == 1
-    assert lock._spans == []
+    with ctrl.write("t"):
+        step = ctrl._holder().stack[-1]  # this block's acquire: its span lives with it
+        assert step[SPANS] and len(step[SPANS]) == 1
+    assert step[SPANS] == []
     nothing_left_held(ctrl, "t")
 
 
@@ -350,10 +351,9 @@ def test_no_spans_when_switched_off_and_none_at_all_with_the_noop_provider(ctrl,
         with ctrl.write():
             pass
         otel.configure(NoOpTracerProvider())
-        lock = ctrl.read()
-        with lock:
-            pass
-        assert lock._spans is None  # not even the list was made
+        with ctrl.read():
+            step = ctrl._holder().stack[-1]
+        assert step[SPANS] is None  # not even the list was made
     finally:
         otel.configure(PROVIDER)
     assert finished() == []
