@@ -24,6 +24,7 @@ What isolation gave is kept where it matters:
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import pickle
@@ -158,7 +159,11 @@ class Batcher:
                     text=True,
                     start_new_session=True,
                 )
-                timed_out = self._watch(process, items, Path(folder))
+                try:
+                    timed_out = self._watch(process, items, Path(folder))
+                finally:  # an outer timeout (pytest-timeout) must not leave the job running either
+                    if process.poll() is None:
+                        _kill_job(process, folder)
                 output.seek(0)
                 text = output.read()
             found = {n: self._load(Path(folder), n, ranks) for n in range(len(items))}
@@ -223,8 +228,7 @@ class Batcher:
             current = max(started, default=0)
             since = started.get(current, launched + STARTUP_ALLOWANCE)
             if time.time() - since > _timeout(items[current]):
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                _kill_job(process, str(folder))
                 return current
         return None
 
@@ -289,3 +293,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "mpi_isolated: the test needs an mpiexec job of its own (it changes process-wide state)"
     )
     config.pluginmanager.register(Batcher(config), "mpilock-batch")
+
+
+def _kill_job(process: subprocess.Popen[str], folder: str) -> None:
+    """Kill a job: ``mpiexec``'s process group, and every rank (MPICH's proxy starts them in a session of its own).
+
+    The ranks are found by the job's folder in their environment (Linux ``/proc``), so none is left
+    running, and eating the machine's cores, after its job was given up.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    mark = f"{BATCH_DIR}={folder}".encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    process.wait()
