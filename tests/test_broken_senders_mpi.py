@@ -26,6 +26,7 @@ from mpilock.server.protocol import (
     TAG_FRAMES,
     TAG_PAYLOAD,
     TAG_REPLY,
+    TAG_REPLY_PAYLOAD,
     TAG_REQUEST,
     Flag,
     Op,
@@ -63,7 +64,7 @@ def read_reply(ctrl: mpilock.WindowController, timeout: float = 20.0) -> tuple[i
     code, seq, _, _, nbytes, _, _ = HEADER.unpack(buffer)
     text = bytearray(max(nbytes, 0))
     if nbytes > 0:
-        comm.Recv([text, MPI.BYTE], ctrl.master, TAG_PAYLOAD)
+        comm.Recv([text, MPI.BYTE], ctrl.master, TAG_REPLY_PAYLOAD)
     return code, seq, text.decode()
 
 
