@@ -2229,7 +2229,7 @@ static void graph_unref(Graph *g)
 static void Graph_dealloc(GraphObject *self)
 {
     if (self->graph) {
-        pthread_mutex_lock(&g_lock);
+        lock_world(); /* never wait for g_lock holding the GIL: its holder may be waiting for the GIL */
         graph_unref(self->graph);
         pthread_mutex_unlock(&g_lock);
     }
@@ -2356,7 +2356,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         free(c);
         return NULL;
     }
-    pthread_mutex_lock(&g_lock);
+    lock_world(); /* never wait for g_lock holding the GIL: its holder may be waiting for the GIL */
     c->uid = ++g_uids;
     c->graph = ((GraphObject *)graph)->graph;
     c->graph->refs++;
@@ -2373,7 +2373,7 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void Core_dealloc(CoreObject *self)
 {
     if (self->core) {
-        pthread_mutex_lock(&g_lock);
+        lock_world(); /* never wait for g_lock holding the GIL: its holder may be waiting for the GIL */
         core_unref(self->core);
         pthread_mutex_unlock(&g_lock);
     }

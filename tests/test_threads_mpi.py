@@ -6,9 +6,12 @@ timeouts and deadlocks are per thread, and a worker thread may run the
 collective calls.
 """
 
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from mpi4py import MPI
@@ -18,6 +21,16 @@ import mpilock
 
 COMM = MPI.COMM_WORLD
 THREADS = 4
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every rank sees (one machine): made by rank 0, removed after the test."""
+    path = COMM.bcast(tempfile.mkdtemp(prefix="mpilock-threads-") if COMM.rank == 0 else None)
+    yield Path(path)
+    COMM.barrier()
+    if COMM.rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_threads(count, target, *args):
@@ -40,9 +53,9 @@ def run_threads(count, target, *args):
         raise errors[0]
 
 
-@mpi(timeout=120)
-def test_threads_of_every_rank_exclude_each_other_with_an_exact_counter(ctrl, mpi_ranks, mpi_tmp_path):
-    path = mpi_tmp_path / "counter.txt"
+@mpi()
+def test_threads_of_every_rank_exclude_each_other_with_an_exact_counter(ctrl, mpi_ranks, shared_dir):
+    path = shared_dir / "counter.txt"
     if ctrl.rank == 0:
         path.write_text("0")
     COMM.barrier()
@@ -159,25 +172,25 @@ def test_a_deadlock_between_two_threads_of_one_rank_is_refused(ctrl, mpi_ranks):
     assert ctrl.locks() == []
 
 
-@mpi(timeout=120)
-def test_pool_tasks_lock_per_key_files_with_exact_counts(ctrl, mpi_ranks, mpi_tmp_path):
+@mpi()
+def test_pool_tasks_lock_per_key_files_with_exact_counts(ctrl, mpi_ranks, shared_dir):
     keys = [f"file-{i}" for i in range(3)]
     if ctrl.rank == 0:
         for key in keys:
-            (mpi_tmp_path / key).write_text("0")
+            (shared_dir / key).write_text("0")
     COMM.barrier()
     tasks = 24
 
     def task(number):
         key = keys[number % len(keys)]
         with ctrl.write(key):
-            path = mpi_tmp_path / key
+            path = shared_dir / key
             path.write_text(str(int(path.read_text()) + 1))
 
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(task, range(tasks)))
     COMM.barrier()
-    counts = [int((mpi_tmp_path / key).read_text()) for key in keys]
+    counts = [int((shared_dir / key).read_text()) for key in keys]
     assert counts == [COMM.size * len(range(i, tasks, len(keys))) for i in range(len(keys))]
 
 
