@@ -438,7 +438,10 @@ class WindowController:
         """Acquire ``keys`` in ``mode`` for ``holder``, noting in ``step`` what it held before and every request."""
         self._check_use()
         held = holder.held
-        step[PRIOR] = {k: held.get(k) for k in keys}
+        if len(keys) == 1:
+            step[PRIOR] = {keys[0]: held.get(keys[0])}  # a display, not a comprehension: no frame on the hot path
+        else:
+            step[PRIOR] = {k: held.get(k) for k in keys}
         if len(keys) == 1:
             have = held.get(keys[0])
             if have is None:

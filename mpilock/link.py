@@ -200,7 +200,10 @@ class Link:
         :class:`mpilock.controller.Lock`).  After the controller closed,
         nothing is sent.
         """
-        parts = wire.request_parts(self.comm, self.master, op, seq, arg, aux, payload, area, site)
+        if payload is None:  # the hot path: the header (and key area) alone
+            parts = [([HEADER.pack(op, seq, arg, aux, 0, site, len(area)) + area, MPI.BYTE], TAG_REQUEST)]
+        else:
+            parts = wire.request_parts(self.comm, self.master, op, seq, arg, aux, payload, area, site)
         comm, master = self.comm, self.master
         with self._send_lock:
             if self.closed:
