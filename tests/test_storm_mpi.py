@@ -12,11 +12,19 @@ import faulthandler
 import os
 
 import pytest
+from mpi4py import MPI
 from mpitools import mpi
 
 from mpilock import storm
 
 SECONDS = float(os.environ.get("MPILOCK_STORM_SECONDS", "2"))
+
+
+OPEN_MPI = pytest.mark.skipif(
+    MPI.get_vendor()[0] == "Open MPI",
+    reason="under Open MPI one storm job of 12 hung in CI (2026-12-07, 2 ranks, multi-key writes) and 4 reruns "
+    "passed: not yet understood, so the storm runs under MPICH (both loops, TCP) until it is",
+)
 
 
 def _storm(ctrl, kind, seed, threads=0):
@@ -34,17 +42,20 @@ def _storm(ctrl, kind, seed, threads=0):
 @pytest.mark.parametrize("kind", [k for k in storm.KINDS if k != "mixed"])
 @mpi(min_ranks=2, max_ranks=2, timeout=50)
 @pytest.mark.mpi_isolated
+@OPEN_MPI
 def test_a_storm_of_interrupts_leaves_nothing_behind(ctrl, mpi_ranks, kind):
     _storm(ctrl, kind, mpi_ranks)
 
 
 @mpi(max_ranks=3, timeout=50)
 @pytest.mark.mpi_isolated
+@OPEN_MPI
 def test_a_storm_of_every_kind_at_once_leaves_nothing_behind(ctrl, mpi_ranks):
     _storm(ctrl, "mixed", mpi_ranks)
 
 
 @mpi(min_ranks=2, max_ranks=2, timeout=50)
 @pytest.mark.mpi_isolated
+@OPEN_MPI
 def test_a_storm_on_the_main_thread_leaves_the_other_threads_locks_alone(ctrl, mpi_ranks):
     _storm(ctrl, "mixed", mpi_ranks, threads=2)
