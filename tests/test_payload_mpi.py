@@ -150,6 +150,7 @@ def test_stored_bytes_count_out_of_band_buffers_until_every_rank_moved_on(ctrl, 
         COMM.barrier()
         if ctrl._channel is not None and COMM.size > 1:  # kept for a collect() that a signal cut short
             assert data.nbytes <= stored(ctrl) < data.nbytes + MB
+        COMM.barrier()  # nobody enters the next fence (which lets the payload go) before the master looked
         with ctrl.single_write():  # every rank enters a later fence: the payload is let go
             pass
         if ctrl._channel is not None:
