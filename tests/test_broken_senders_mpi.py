@@ -117,15 +117,8 @@ def test_a_message_shorter_than_the_header_is_refused_with_seq_0(ctrl, caplog, m
     refused(ctrl, caplog, 1, [(TAG_REQUEST, b"\1" * 20)], "a request message of 20 bytes, shorter than the 56", seq=0)
 
 
-OPEN_MPI_SELF = pytest.mark.skipif(
-    MPI.get_vendor()[0] == "Open MPI",
-    reason="Open MPI's self transport truncates a message sent to one's own rank without reporting it "
-    "(CI, 2026-12-07: the master's own too-long request was served as a WRITE); other ranks' are refused",
-)
-
-
 @mpi(min_ranks=2)
-@pytest.mark.parametrize("sender", [1, pytest.param(0, marks=OPEN_MPI_SELF)])
+@pytest.mark.parametrize("sender", [1, 0])
 def test_a_message_longer_than_the_receive_is_refused(ctrl, caplog, mpi_ranks, sender):
     """MPI reports the truncation; the first 256 bytes hold the header.  From another rank and the master's client."""
     message = header(Op.WRITE) + b"x" * (MAX_MESSAGE + 44 - HEADER.size)
