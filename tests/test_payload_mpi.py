@@ -171,14 +171,17 @@ def test_peak_memory_of_writer_and_reader_stays_near_one_payload(ctrl, mpi_ranks
             fence.share(data)
         if ctrl.rank != writer and ctrl.rank != 0:
             assert fence.collect()[-1] == data[-1]
-        COMM.barrier()  # the master collects last: the stored frames become its array
+        COMM.barrier()  # the master collects last
         if ctrl.rank != writer and ctrl.rank == 0:
             assert fence.collect()[-1] == data[-1]
         growth = (peak_rss() - before) / nbytes
         # One copy each: the writer's snapshot (on the master also the stored payload), a
-        # reader's array (on the master also the stored payload).  Before pickle protocol 5
-        # buffers: 3x on a master that writes, 2x on a master that collects.
-        assert growth <= 1.4, f"rank {ctrl.rank} grew by {growth:.2f} payloads (writer {writer})"
+        # reader's array.  A master that collects holds the stored payload and its own copy:
+        # the payload stays kept for a collect() that a signal cut short, until every rank
+        # enters a later fence (before that change its array was the stored frames, 1x).
+        # Before pickle protocol 5 buffers: 3x on a master that writes.
+        bound = 2.2 if ctrl.rank == 0 and ctrl.rank != writer else 1.4
+        assert growth <= bound, f"rank {ctrl.rank} grew by {growth:.2f} payloads (writer {writer})"
         if ctrl.rank == writer and ctrl.rank != 0:
             assert rss() - before < nbytes / 4  # its snapshot is freed once the server has it
         del fence
