@@ -130,7 +130,10 @@ class Lock(Guard):
     def _acquire(self, token: Step) -> None:
         """Acquire, filling ``token`` as the step, and push it on this thread's stack."""
         ctrl = self._ctrl
-        holder = ctrl._holder()
+        try:  # ctrl._holder(), inlined: every lock call runs this
+            holder: Holder = ctrl._local.holder
+        except AttributeError:
+            holder = ctrl._new_holder()
         token[:] = [OPEN, [], {}, None, None, False, False, self, holder, None]  # a slice store calls nothing
         taken = ctrl._acquire(holder, self._keys, self._mode, self._limit, self._timeout, self._site, token)
         stack = holder.stack
@@ -165,7 +168,10 @@ class Lock(Guard):
         if token:
             step = token[0]
         else:
-            stack = self._ctrl._holder().stack
+            try:
+                stack = self._ctrl._local.holder.stack
+            except AttributeError:  # this thread never used the controller
+                stack = []
             at = len(stack) - 1
             while at >= 0 and stack[at][LOCK] is not self:
                 at -= 1
@@ -175,7 +181,12 @@ class Lock(Guard):
             token.append(step)
         if step[STATE] == DONE:
             self._ctrl._release(step)
-            _unstack(step)
+            stack = step[HOLDER].stack
+            if stack and stack[-1] is step:  # the innermost block: _unstack(step), inlined
+                del stack[-1]  # popped and marked given with no bytecode in between where a handler runs
+                step[STATE] = GIVEN
+            else:
+                _unstack(step)
         if step[SPANS]:
             otel.exit_lock(step[SPANS], exc)
         return None
@@ -436,18 +447,16 @@ class WindowController:
         step: Step,
     ) -> Taken:
         """Acquire ``keys`` in ``mode`` for ``holder``, noting in ``step`` what it held before and every request."""
-        self._check_use()
+        if self._closed:  # self._check_use(), inlined
+            raise ClosedError("this WindowController is closed")
         held = holder.held
         if len(keys) == 1:
-            step[PRIOR] = {keys[0]: held.get(keys[0])}  # a display, not a comprehension: no frame on the hot path
-        else:
-            step[PRIOR] = {k: held.get(k) for k in keys}
-        if len(keys) == 1:
             have = held.get(keys[0])
+            step[PRIOR] = {keys[0]: have}  # a display, not a comprehension: no frame on the hot path
             if have is None:
                 if mode == SLOT:  # before the request: held implies its limit is noted
                     holder.limits[keys[0]] = limit
-                self._request(holder, _OPS[mode], keys, 0, limit, timeout, site, mode=mode, step=step)
+                self._request(holder, _OPS[mode], keys, 0, limit, timeout, site, 0, True, mode, None, step)
                 return keys, ()
             if mode == SLOT and holder.limits.get(keys[0]) != limit:
                 who = holder.describe(self._rank)
@@ -457,6 +466,8 @@ class WindowController:
                 )
             if have in (mode, WRITE):
                 return LOCAL
+        else:
+            step[PRIOR] = {k: held.get(k) for k in keys}
         need = tuple(k for k in keys if k not in held)
         promote = tuple(k for k in keys if mode == WRITE and held.get(k) == READ)
         if not promote:
@@ -535,14 +546,23 @@ class WindowController:
         holder: Holder = step[HOLDER]
         held = holder.held
         if need:
-            if not step[RELEASED]:
-                mine = tuple(k for k in need if k in held)
-                if mine:
-                    self._send(holder, Op.RELEASE, mine, step, RELEASED)
-                step[RELEASED] = True
-            for key in need:
+            if len(need) == 1:  # the common case, without a generator's frame
+                key = need[0]
+                if not step[RELEASED]:
+                    if key in held:
+                        self._send(holder, Op.RELEASE, need, step, RELEASED)
+                    step[RELEASED] = True
                 held.pop(key, None)
                 holder.limits.pop(key, None)
+            else:
+                if not step[RELEASED]:
+                    mine = tuple(k for k in need if k in held)
+                    if mine:
+                        self._send(holder, Op.RELEASE, mine, step, RELEASED)
+                    step[RELEASED] = True
+                for key in need:
+                    held.pop(key, None)
+                    holder.limits.pop(key, None)
         if promote:  # back to the read lock the outer block holds
             if not step[DOWNGRADED]:
                 mine = tuple(k for k in promote if held.get(k) == WRITE)
@@ -557,8 +577,12 @@ class WindowController:
         self, holder: Holder, op: Op, keys: tuple[bytes, ...], mark: list[Any] | None = None, slot: int = 0
     ) -> None:
         """Send a request that gets no reply; ``mark[slot]`` is set true just as it goes (see :meth:`Link.send`)."""
-        area, flags, payload = wire.key_area(keys, 0)
-        self._link.send(op, holder.next_seq(), flags, 0, payload, area=area, mark=mark, slot=slot)
+        if keys is _DEFAULT:
+            area, flags, payload = b"", 0, None
+        else:
+            area, flags, payload = wire.key_area(keys, 0)
+        holder.seq += 1  # holder.next_seq(), inlined
+        self._link.send(op, holder.seq, flags, 0, payload, area, 0, mark, slot)
 
     def _request(
         self,
@@ -589,18 +613,23 @@ class WindowController:
             flags |= _TRY
         request = wire.key_area(keys, flags) if keys is not _DEFAULT else (b"", flags, None)
         area, flags, payload = request
-        seq = holder.next_seq()
+        holder.seq += 1  # holder.next_seq(), inlined
+        seq = holder.seq
         if step is not None:
             step[ASKED].append((seq, request))
         try:  # from before the send: an exception right after it still withdraws (a CANCEL of a request
             # the server never saw is answered CANCELLED all the same)
-            self._link.send(op, seq, flags | arg, limit, payload, area=area, site=site)
+            link = self._link
+            link.send(op, seq, flags | arg, limit, payload, area, site)
             deadline = None if timeout is None or flags & _TRY else time.monotonic() + timeout
             holder.asking = (request, op, keys, site)
-            answer = self._link.wait(seq, _GRANT, deadline, self._watch)
+            answer = link.wait(seq, _GRANT, deadline, self._watch)
             if answer is not None and answer.code == _GRANTED:
                 if mode is not None:
-                    self._record(holder, keys, mode)
+                    if len(keys) == 1:  # self._record(), inlined for one key
+                        holder.held[keys[0]] = mode
+                    else:
+                        self._record(holder, keys, mode)
                 return True
         except MpilockError:
             if step is not None:
