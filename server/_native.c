@@ -3624,19 +3624,17 @@ static PyTypeObject SenderType = {
 #define GUARD_TRIES 100000
 static PyObject *s_take, *s_undo, *s_give;
 
-/* Call self.name(*args) until a call returns; keep the first exception in *t, *v, *tb (if none kept yet). */
-static PyObject *guard_finish(PyObject *self, PyObject *name, PyObject *args, PyObject **t, PyObject **v,
-                              PyObject **tb)
+/* Call self.name(arg) or self.name(arg, arg2) until a call returns; keep the first exception in *t, *v, *tb
+ * (if none kept yet). */
+static PyObject *guard_finish(PyObject *self, PyObject *name, PyObject *arg, PyObject *arg2, PyObject **t,
+                              PyObject **v, PyObject **tb)
 {
-    PyObject *method = PyObject_GetAttr(self, name);
-    if (!method)
-        return NULL;
+    PyObject *stack[3] = {self, arg, arg2};
+    size_t nargs = arg2 ? 3 : 2;
     for (long i = 0; i < GUARD_TRIES; i++) {
-        PyObject *r = PyObject_Call(method, args, NULL);
-        if (r) {
-            Py_DECREF(method);
+        PyObject *r = PyObject_VectorcallMethod(name, stack, nargs, NULL);
+        if (r)
             return r;
-        }
         PyObject *et, *ev, *etb;
         PyErr_Fetch(&et, &ev, &etb);
         if (!*t) {
@@ -3649,42 +3647,39 @@ static PyObject *guard_finish(PyObject *self, PyObject *name, PyObject *args, Py
             Py_XDECREF(etb);
         }
     }
-    Py_DECREF(method);
     return NULL;
 }
 
 static PyObject *Guard_enter(PyObject *self, PyObject *unused)
 {
+    (void)unused;
     PyObject *token = PyList_New(0);
     if (!token)
         return NULL;
-    PyObject *r = PyObject_CallMethodOneArg(self, s_take, token);
+    PyObject *stack[2] = {self, token};
+    PyObject *r = PyObject_VectorcallMethod(s_take, stack, 2, NULL);
     if (r) {
         Py_DECREF(token);
         return r;
     }
     PyObject *t, *v, *tb;
     PyErr_Fetch(&t, &v, &tb);
-    PyObject *args = PyTuple_Pack(1, token);
-    PyObject *undone = args ? guard_finish(self, s_undo, args, &t, &v, &tb) : NULL;
+    PyObject *undone = guard_finish(self, s_undo, token, NULL, &t, &v, &tb);
     Py_XDECREF(undone);
-    Py_XDECREF(args);
     Py_DECREF(token);
     PyErr_Restore(t, v, tb);
     return NULL;
 }
 
-static PyObject *Guard_exit(PyObject *self, PyObject *args)
+static PyObject *Guard_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *exc = PyTuple_GET_SIZE(args) >= 2 ? PyTuple_GET_ITEM(args, 1) : Py_None;
+    PyObject *exc = nargs >= 2 ? args[1] : Py_None;
     PyObject *token = PyList_New(0);
-    PyObject *call = token ? PyTuple_Pack(2, exc, token) : NULL;
-    Py_XDECREF(token);
-    if (!call)
+    if (!token)
         return NULL;
     PyObject *t = NULL, *v = NULL, *tb = NULL;
-    PyObject *r = guard_finish(self, s_give, call, &t, &v, &tb);
-    Py_DECREF(call);
+    PyObject *r = guard_finish(self, s_give, exc, token, &t, &v, &tb);
+    Py_DECREF(token);
     if (t) {
         Py_XDECREF(r);
         PyErr_Restore(t, v, tb);
@@ -3706,7 +3701,7 @@ static PyObject *Guard_exit(PyObject *self, PyObject *args)
 
 static PyMethodDef Guard_methods[] = {
     {"__enter__", Guard_enter, METH_NOARGS, "Acquire with self._take(token); undo with self._undo(token) if anything leaves it."},
-    {"__exit__", Guard_exit, METH_VARARGS, "Release with self._give(exc, token), finished whatever interrupts it."},
+    {"__exit__", (PyCFunction)(void (*)(void))Guard_exit, METH_FASTCALL, "Release with self._give(exc, token), finished whatever interrupts it."},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject GuardType = {
