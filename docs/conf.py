@@ -34,7 +34,6 @@ myst_enable_extensions = ["colon_fence"]
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
-autoclass_content = "both"
 
 html_theme = "furo"
 html_title = f"mpilock {release}"
