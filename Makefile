@@ -79,9 +79,10 @@ $(DOCS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet --group docs
 	touch $@
 
+# -E: read every page afresh (a cached page would not repeat its warnings).
 docs: $(DOCS_STAMP)
 	rm -rf build/docs
-	$(BIN)/python -m sphinx -W --keep-going -q -b html -d build/docs-doctrees docs build/docs
+	$(BIN)/python -m sphinx -W --keep-going -E -q -b html -d build/docs-doctrees docs build/docs
 	@echo "documentation: build/docs/index.html"
 
 test-core: install
