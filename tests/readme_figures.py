@@ -13,7 +13,7 @@ Each entry is ``(README text, bench row, phase, loop, ranks)``:
 - ranks: the ``mpiexec -n`` of the run.
 
 tests/test_readme_figures.py checks that every README text listed is still in
-the README or a page of docs/ (where most of them moved), that every bench row and phase named still exists in
+the README, that every bench row and phase named still exists in
 ``mpilock/bench.py``, and that the passages in :data:`CHECKED` quote no
 figure missing from this list.  When a bench run changes a figure, change it
 here and in the README together.
