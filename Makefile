@@ -47,7 +47,7 @@ MPIEXEC := mpiexec
 MPI_PYTEST :=
 endif
 
-.PHONY: install test test-core test-mpi demo lint stress bench check-dist clean
+.PHONY: install test test-core test-mpi demo lint stress bench check-dist docs clean
 
 # Tests marked `mpi` run in an mpiexec job per file and rank count (pytest-isolate-mpi's markers,
 # batched by tests/batch.py; `mpi_isolated` ones get a job each);
@@ -70,6 +70,21 @@ $(STAMP): pyproject.toml setup.py server/_native.c
 
 test: lint test-core test-mpi
 
+# The documentation site (docs/, Sphinx with MyST pages and the API reference by autodoc, which
+# imports mpilock: hence the venv) into build/docs; any Sphinx warning fails the build.
+# The doc tools (dependency group `docs`) go into the venv on their own stamp, after the
+# install, so `make install` stays as it was and a reinstalled venv gets them again.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --group docs
+	touch $@
+
+# -E: read every page afresh (a cached page would not repeat its warnings).
+docs: $(DOCS_STAMP)
+	rm -rf build/docs
+	$(BIN)/python -m sphinx -W --keep-going -E -q -b html -d build/docs-doctrees docs build/docs
+	@echo "documentation: build/docs/index.html"
+
 test-core: install
 	$(BIN)/python -m pytest -m "not mpi and not mpiexec" $(PYTEST_ARGS)
 
@@ -82,7 +97,7 @@ test-mpi: install
 # types (tests/test_typing.py checks that the mistakes in tests/typed_errors.py fail).
 TYPECHECK := build/typecheck
 lint: install
-	$(BIN)/ruff check mpilock server tests examples setup.py
+	$(BIN)/ruff check mpilock server tests examples setup.py docs/conf.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server

@@ -1,10 +1,10 @@
-"""Build-time steps: the README without its repository-relative pictures, and the optional native server.
+"""Build-time steps: the README without its repository-relative pictures and links, and the optional native server.
 
 Everything else is configured in pyproject.toml.  The README shows
-``docs/timeline.png`` by a path relative to the repository; the project has no
-public URL to make that absolute, and a package index cannot resolve the
-relative path, so the long description names the file instead of showing a
-broken image.
+``docs/timeline.png`` by a path relative to the repository and links to the
+pages in ``docs/`` the same way; the project has no public URL to make them
+absolute, and a package index cannot resolve a relative path, so the long
+description names the files instead of showing a broken image or links.
 
 ``mpilock.server._native`` (``server/_native.c``, the lock server loop in C)
 is compiled with the MPI compiler wrapper: ``$MPICC`` if set, else the
@@ -39,11 +39,15 @@ from setuptools.command.build_ext import build_ext
 LOCAL_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<path>(?![a-z][a-z0-9+.-]*://)[^)\s]+)\)[ \t]*$", re.MULTILINE)
 """A Markdown image alone on its line whose target is not an absolute URL."""
 
+LOCAL_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<path>(?![a-z][a-z0-9+.-]*://|#)[^)\s]+)\)")
+"""A Markdown link (not an image) whose target is a file of the repository (``docs/semantics.md``)."""
+
 
 def long_description(readme: Path) -> str:
-    """Return ``readme`` with every repository-relative picture replaced by a line that names its file."""
+    """Return ``readme`` with every repository-relative picture and link replaced by text that names its file."""
     text = readme.read_text(encoding="utf-8")
-    return LOCAL_IMAGE.sub(r"*Picture: \g<alt> (`\g<path>` in the source distribution).*", text)
+    text = LOCAL_IMAGE.sub(r"*Picture: \g<alt> (`\g<path>` in the source distribution).*", text)
+    return LOCAL_LINK.sub(r"\g<text> (`\g<path>` in the source distribution)", text)
 
 
 EDITABLE_DIR = "mpilock_server_native"

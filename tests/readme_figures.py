@@ -410,9 +410,10 @@ FIGURES += (
 )
 
 CHECKED: tuple[tuple[str, str], ...] = (
+    ("## Performance at a glance", "\n## "),
     ("## mpilock and RMA-window locks", "\n## "),
     ("**Cost model.**", "\n\n"),
     ("The 8-rank figures come from", "\n\n"),
 )
-"""Passages of the README (from the first text to the next occurrence of the second) whose every
-figure with a unit (µs, ms, %) must be part of a listed README text."""
+"""Passages of the README or a docs page (from the first text to the next occurrence of the second) whose
+every figure with a unit (µs, ms, %) must be part of a listed text."""

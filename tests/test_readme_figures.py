@@ -1,4 +1,4 @@
-"""The README's bench figures and tests/readme_figures.py agree, and every row named exists in the bench."""
+"""The bench figures of the README and docs/ and tests/readme_figures.py agree, and every row named exists."""
 
 # ruff: noqa: RUF001  (the README's own dashes, minus and multiplication signs, quoted exactly)
 
@@ -14,6 +14,10 @@ README = (ROOT / "README.md").read_text()
 BENCH = (ROOT / "mpilock" / "bench.py").read_text()
 FIGURE = re.compile(r"[−-]?\d[\d,.]*(?:\s?(?:–|to)\s?[−+]?\d[\d,.]*)?\s?(?:µs|ms|%)")
 LOOPS = {"native", "python", "both", "none"}
+
+# Most of the README's text, figures included, moved to the pages of docs/: a figure or passage
+# looked up in "the README" below is looked up in the README and those pages, joined.
+README += "".join("\n\n" + page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))
 
 
 def bench_phases() -> set[str]:
