@@ -34,7 +34,7 @@ from .errors import (
     MpilockError,
 )
 from .table import LockTable
-from .types import KeyStats, RankStats, Stats
+from .types import KeyStats, RankStats, Stats, ThreadStats
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from .controller import Lock, WindowController, sync
@@ -56,6 +56,7 @@ __all__ = [
     "MpilockError",
     "RankStats",
     "Stats",
+    "ThreadStats",
     "WindowController",
     "dedicated",
     "sync",

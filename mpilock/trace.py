@@ -14,7 +14,7 @@ import json
 import os
 import statistics
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .server import keys as keyspace
@@ -44,8 +44,9 @@ class Recorder:
         """Record for ``size`` ranks; keep every event only if ``keep_events``."""
         self.size = size
         self.keep_events = keep_events
-        self.events: list[tuple[float, int, str, str, bytes]] = []
-        """(time, rank, phase, kind, key) with phase in request/grant/release/cancel/denied/refused/deadlock."""
+        self.events: list[tuple[float, int, int, str, str, bytes]] = []
+        """(time, rank, slot, phase, kind, key) with phase in request/grant/release/cancel/denied/refused/deadlock;
+        slot: the thread of the rank (:mod:`mpilock.holder`)."""
         self._pending: dict[tuple[int, int], tuple[float, str, tuple[bytes, ...]]] = {}
         """(rank, slot) -> the request that holder waits for: a thread of a rank (see :mod:`mpilock.holder`)."""
         self._held: dict[tuple[int, int], dict[bytes, tuple[float, str]]] = {}
@@ -61,6 +62,11 @@ class Recorder:
         """The same totals for the keys that did not fit in :attr:`keys`, or were dropped to make room."""
         self._unwaited: set[bytes] = set()
         """The keys of :attr:`keys` nobody has waited for yet: they make room when the table is full."""
+        self.threads: dict[tuple[int, int], list[float]] = {}
+        """Per holder (rank, slot) that was granted a lock: [reads, writes, slots, wait_total, wait_max, hold_total]."""
+        self.thread_name: Callable[[int, int], str | None] = _no_name
+        """(rank, slot) -> the name the thread gave the server; the server loop sets it
+        (:func:`mpilock.server.holders.namer`)."""
 
     # -- recording -------------------------------------------------------------------
     def observe(
@@ -73,7 +79,7 @@ class Recorder:
             self._pending[holder] = (now, kind, keys)
             if self.keep_events:
                 for key in keys:
-                    self.events.append((now, rank, "request", kind, key))
+                    self.events.append((now, rank, holder[1], "request", kind, key))
         elif op == _RELEASE:
             for key in keys:
                 self._end_hold(now, holder, key, "release")
@@ -81,11 +87,11 @@ class Recorder:
             for key in keys:
                 self._end_hold(now, holder, key, "release")
                 self._start_hold(now, holder, key, "read")
-            self._log_all(now, rank, "grant", "read", keys)
+            self._log_all(now, holder, "grant", "read", keys)
         elif op == _CANCEL:
             pending = self._pending.pop(holder, None)
             if pending is not None:
-                self._log_all(now, rank, "cancel", pending[1], pending[2])
+                self._log_all(now, holder, "cancel", pending[1], pending[2])
             else:  # a grant that raced the cancel was handed back
                 for key in keys:
                     self._end_hold(now, holder, key, "release")
@@ -95,7 +101,7 @@ class Recorder:
                     self._end_hold(now, other, key, "release")
             for other in [h for h in self._pending if h[0] == rank]:
                 _, kind, keys_ = self._pending.pop(other)
-                self._log_all(now, rank, "cancel", kind, keys_)
+                self._log_all(now, other, "cancel", kind, keys_)
         for reply in replies:
             code = reply.code
             if code == _GRANTED:
@@ -107,7 +113,7 @@ class Recorder:
                 whose = (reply.rank, reply.seq >> SLOT_SHIFT)
                 if whose in self._pending:
                     _, kind, keys_ = self._pending.pop(whose)
-                    self._log_all(now, reply.rank, _ENDED[code], kind, keys_)
+                    self._log_all(now, whose, _ENDED[code], kind, keys_)
 
     def _granted(self, now: float, holder: tuple[int, int], pending: tuple[float, str, tuple[bytes, ...]]) -> None:
         rank = holder[0]
@@ -117,6 +123,13 @@ class Recorder:
         self.waits[rank].append(wait)
         if wait > self.wait_max[rank]:
             self.wait_max[rank] = wait
+        thread = self.threads.get(holder)
+        if thread is None:
+            thread = self.threads[holder] = [0.0] * 6
+        thread[_COUNTS[kind]] += 1
+        thread[3] += wait
+        if wait > thread[4]:
+            thread[4] = wait
         held = self._held.get(holder)
         for key in keys:
             if held is not None and key in held:  # an in-place upgrade ends the read it was
@@ -131,7 +144,7 @@ class Recorder:
                         totals[4] = wait
                     self._unwaited.discard(key)
         if self.keep_events:
-            self._log_all(now, rank, "grant", kind, keys)
+            self._log_all(now, holder, "grant", kind, keys)
 
     def _start_hold(self, now: float, holder: tuple[int, int], key: bytes, kind: str) -> None:
         held = self._held.get(holder)
@@ -149,10 +162,13 @@ class Recorder:
         rank = holder[0]
         span = now - held[0]
         self.hold_total[rank] += span
+        thread = self.threads.get(holder)
+        if thread is not None:
+            thread[5] += span
         if key:
             self._totals(key)[5] += span
         if self.keep_events:
-            self.events.append((now, rank, phase, held[1], key))
+            self.events.append((now, rank, holder[1], phase, held[1], key))
 
     def _totals(self, key: bytes) -> list[float]:
         """Return the totals of ``key``; a new key in a full table first makes the keys nobody waited for go.
@@ -176,10 +192,11 @@ class Recorder:
             self._unwaited.add(key)
         return totals
 
-    def _log_all(self, now: float, rank: int, phase: str, kind: str, keys: tuple[bytes, ...]) -> None:
+    def _log_all(self, now: float, holder: tuple[int, int], phase: str, kind: str, keys: tuple[bytes, ...]) -> None:
         if self.keep_events:
+            rank, slot = holder
             for key in keys:
-                self.events.append((now, rank, phase, kind, key))
+                self.events.append((now, rank, slot, phase, kind, key))
 
     # -- reporting ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -208,12 +225,42 @@ class Recorder:
             )
         keys = [_key_entry(keyspace.describe(k), t) for k, t in self.keys.items()]
         keys.sort(key=lambda entry: (-entry["wait_total"], entry["key"]))
-        return {"ranks": ranks, "keys": keys, "other_keys": _key_entry(OTHER_KEYS, self.other)}
+        threads = []
+        for (rank, slot), (reads_, writes_, slots_, wait_total, wait_max, hold_total) in sorted(self.threads.items()):
+            threads.append(
+                {
+                    "rank": rank,
+                    "slot": slot,
+                    "thread": self._name(rank, slot),
+                    "reads": int(reads_),
+                    "writes": int(writes_),
+                    "slots": int(slots_),
+                    "wait_total": wait_total,
+                    "wait_max": wait_max,
+                    "hold_total": hold_total,
+                }
+            )
+        return {
+            "ranks": ranks,
+            "threads": threads,
+            "keys": keys,
+            "other_keys": _key_entry(OTHER_KEYS, self.other),
+        }
+
+    def _name(self, rank: int, slot: int) -> str:
+        """Return the name thread ``slot`` of ``rank`` gave the server (``thread <slot>`` if it gave none)."""
+        try:
+            name = self.thread_name(rank, slot)
+        except Exception:
+            name = None
+        return name if name is not None else f"thread {slot}"
 
     def chrome_trace(self) -> dict[str, Any]:
         """Return the event log as a Chrome trace-event document (opens in Perfetto).
 
-        One complete (``"ph": "X"``) event per span, on thread ``tid`` = rank:
+        One complete (``"ph": "X"``) event per span, on thread ``tid`` = rank
+        (a rank's other threads get rows of their own, from ``size`` on, named
+        ``rank R / <thread name>``):
         ``"wait read"``/``"wait write"``/``"wait slot"`` from request to grant
         (or to the cancel, denial or close that ended the wait), then
         ``"read"``/``"write"``/``"slot"`` from grant to release.  Spans of a
@@ -229,13 +276,22 @@ class Recorder:
             return {"traceEvents": meta, "displayTimeUnit": "ms"}
         origin = self.events[0][0]
         out: list[dict[str, Any]] = []
-        open_spans: dict[tuple[int, bytes], tuple[float, str, str]] = {}
-        for now, rank, phase, kind, key in self.events:
+        open_spans: dict[tuple[int, int, bytes], tuple[float, str, str]] = {}
+        tids: dict[tuple[int, int], int] = {}
+        """(rank, slot) of a thread other than the rank's first -> its row: numbered from ``size`` on."""
+        for now, rank, slot, phase, kind, key in self.events:
             us = (now - origin) * 1e6
-            span = (rank, key)
+            tid = rank
+            if slot:
+                tid = tids.get((rank, slot), -1)
+                if tid < 0:
+                    tid = tids[rank, slot] = self.size + len(tids)
+                    name = f"rank {rank} / {self._name(rank, slot)}"
+                    meta.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": name}})
+            span = (rank, slot, key)
             if span in open_spans:
                 start, name, category = open_spans.pop(span)
-                event: dict[str, Any] = {"name": name, "cat": category, "ph": "X", "pid": 0, "tid": rank}
+                event: dict[str, Any] = {"name": name, "cat": category, "ph": "X", "pid": 0, "tid": tid}
                 event["ts"], event["dur"] = start, us - start
                 if key:
                     event["args"] = {"key": keyspace.describe(key)}
@@ -251,6 +307,11 @@ class Recorder:
         """Write :meth:`chrome_trace` as JSON to ``path``."""
         with open(path, "w") as f:
             json.dump(self.chrome_trace(), f)
+
+
+def _no_name(rank: int, slot: int) -> str | None:
+    """No thread names known (a recorder no server loop named threads for)."""
+    return None
 
 
 def _key_entry(name: str, totals: list[float]) -> dict[str, Any]:

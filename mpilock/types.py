@@ -51,11 +51,34 @@ class KeyStats(TypedDict):
     """Total time the key was held (by all ranks together)."""
 
 
+class ThreadStats(TypedDict):
+    """What the server has seen of one thread of a rank (a holder, see :mod:`mpilock.holder`); times in seconds."""
+
+    rank: int
+    """The rank the thread belongs to."""
+    slot: int
+    """Its number on that rank: 0 for the thread that made the controller, then in order of first use."""
+    thread: str
+    """The name the thread had when it first used the controller (``threading.current_thread().name``)."""
+    reads: int
+    writes: int
+    slots: int
+    """Grants of each mode to this thread."""
+    wait_total: float
+    """Sum of this thread's waits from request to grant."""
+    wait_max: float
+    """Its longest wait."""
+    hold_total: float
+    """Total time it held locks (a multi-key lock counts once per key)."""
+
+
 class Stats(TypedDict):
     """The result of :meth:`mpilock.WindowController.stats`."""
 
     ranks: list[RankStats]
     """One row per rank, in rank order (every lock of the rank, default and keyed)."""
+    threads: list[ThreadStats]
+    """One row per thread that was granted a lock, by rank and slot (each rank's threads together)."""
     keys: list[KeyStats]
     """One row per named key seen, most total wait first (at most ``mpilock.trace.STATS_KEYS``)."""
     other_keys: KeyStats

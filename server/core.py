@@ -134,6 +134,10 @@ class LockCore:
         """Return the holder id of thread ``slot`` of ``rank`` (``None`` if it never sent a request)."""
         return self.holders.find(rank, slot)
 
+    def who(self, holder: int) -> tuple[int, int, str | None]:
+        """Return ``(rank, slot, thread name or None)`` of ``holder``."""
+        return self.holders.who(holder)
+
     def name_of(self, holder: int) -> str:
         """Name ``holder`` in a report: ``rank 2`` (world rank if it differs), ``/ <thread>`` if slot > 0."""
         holders = self.holders

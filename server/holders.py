@@ -10,11 +10,12 @@ seen.  The native core (``server/_native.c``) numbers holders the same way.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .protocol import SLOT_SHIFT
 
-__all__ = ["SLOT_SHIFT", "HolderView", "Holders", "holder_text"]
+__all__ = ["SLOT_SHIFT", "HolderView", "Holders", "holder_text", "namer"]
 
 
 def holder_text(rank: int, slot: int, world: int, holder: int, name: str | None) -> str:
@@ -78,3 +79,14 @@ class Holders:
     def who(self, holder: int) -> tuple[int, int, str | None]:
         """Return ``(rank, slot, thread name or None)`` of ``holder``."""
         return self.rank[holder], self.slot[holder], self.names.get(holder)
+
+
+def namer(core: Any) -> Callable[[int, int], str | None]:
+    """Return ``(rank, slot) -> the name that thread gave`` of a lock core (Python or native), for statistics."""
+
+    def thread_name(rank: int, slot: int) -> str | None:
+        holder = core.holder(rank, slot)
+        name: str | None = None if holder is None else core.who(holder)[2]
+        return name
+
+    return thread_name

@@ -26,6 +26,7 @@ from .core import LockCore
 from .deadlock import WaitGraph
 from .events import ProtocolError, Send
 from .frames import Payload
+from .holders import namer
 from .intake import Intake, Request, read
 from .protocol import KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
 from .settings import SETTINGS
@@ -62,6 +63,9 @@ class Observer(Protocol):
     def stats(self) -> dict[str, Any]:
         """Summarise what was observed (sent to clients that ask with ``Op.STATS``)."""
 
+    thread_name: Callable[[int, int], str | None]
+    """``(rank, slot)`` -> the name that thread gave the server: the channel sets it from its core."""
+
 
 class Channel:
     """The server side of one controller: its private communicator and core."""
@@ -87,6 +91,8 @@ class Channel:
         self.comm = comm
         self.core = LockCore(comm.Get_size(), members, graph, name)
         self.observer = observer
+        if observer is not None:
+            observer.thread_name = namer(self.core)  # stats() and traces name the threads
         self.finished = threading.Event()
         """Set once every rank has closed and the last replies are delivered."""
         self._buffer = wire.message_buffer()

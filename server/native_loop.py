@@ -36,6 +36,7 @@ from mpi4py import MPI
 from . import wire
 from .events import ProtocolError, Send
 from .frames import Payload
+from .holders import namer
 from .intake import Intake, Request, read
 from .loop import JOIN_TIMEOUT, Observer, join_thread
 from .native_core import NativeGraph, NativeLockCore, module
@@ -94,6 +95,8 @@ class NativeChannel:
         self.comm = comm
         self.core = NativeLockCore(comm.Get_size(), members, graph, name, record=observer is not None)
         self.observer = observer
+        if observer is not None:
+            observer.thread_name = namer(self.core)  # stats() and traces name the threads
         self.finished = threading.Event()
         """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
         self._sends: wire.Pending = []

@@ -6,6 +6,7 @@ timeouts and deadlocks are per thread, and a worker thread may run the
 collective calls.
 """
 
+import json
 import shutil
 import tempfile
 import threading
@@ -273,3 +274,34 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@mpi()
+def test_stats_and_the_trace_name_each_thread(mpi_ranks, shared_dir):
+    path = shared_dir / "trace.json"
+    ctrl = mpilock.sync(trace=str(path))
+    rank = ctrl.rank
+
+    def locker(index):
+        for _ in range(3 + index):
+            with ctrl.write(f"t-{rank}-{index}"):
+                pass
+
+    run_threads(2, locker)
+    with ctrl.read():
+        pass
+    COMM.barrier()
+    threads = ctrl.stats()["threads"]
+    mine = {(t["thread"], t["reads"], t["writes"]) for t in threads if t["rank"] == rank}
+    assert mine == {("MainThread", 1, 0), ("worker-0", 0, 3), ("worker-1", 0, 4)}, threads
+    assert len(threads) == 3 * mpi_ranks
+    ctrl.close()  # the master writes the trace now
+    if rank == 0:
+        document = json.loads(path.read_text())
+        names = {e["tid"]: e["args"]["name"] for e in document["traceEvents"] if e["name"] == "thread_name"}
+        for r in range(mpi_ranks):
+            for index in range(2):
+                tids = [tid for tid, name in names.items() if name == f"rank {r} / worker-{index}"]
+                assert len(tids) == 1, names
+                writes = [e for e in document["traceEvents"] if e["ph"] == "X" and e["tid"] == tids[0]]
+                assert sum(e["name"] == "write" for e in writes) == 3 + index

@@ -285,3 +285,25 @@ def test_a_key_table_full_of_waited_keys_sends_new_keys_to_the_rest():
     assert stats["other_keys"]["writes"] == 3 * STATS_KEYS
     assert sum(k["writes"] for k in stats["keys"]) + stats["other_keys"]["writes"] == 4 * STATS_KEYS
     assert not rec._unwaited
+
+
+def test_threads_of_a_rank_get_stats_rows_and_trace_rows_of_their_own():
+    """Two threads of rank 0 (slots 0 and 1) read the same key at once: each its own span, row and counts."""
+    rec = Recorder(2, keep_events=True)
+    rec.thread_name = lambda rank, slot: {(0, 0): "MainThread", (0, 1): "pool-1"}.get((rank, slot))
+    key = keyspace.encode("k")
+    worker = 1 << 40 | 1  # slot 1's first request
+    rec.observe(0.0, 0, Op.READ, 1, granted(0, 1), (key,))
+    rec.observe(1.0, 0, Op.READ, worker, [Send(0, Reply.GRANTED, worker)], (key,))
+    rec.observe(2.0, 0, Op.RELEASE, 2, [], (key,))
+    rec.observe(4.0, 0, Op.RELEASE, worker + 1, [], (key,))
+    rec.observe(5.0, 1, Op.WRITE, 1, granted(1, 1), (key,))
+    threads = rec.stats()["threads"]
+    rows = [(t["rank"], t["slot"], t["thread"], t["reads"], t["writes"], t["hold_total"]) for t in threads]
+    assert rows == [(0, 0, "MainThread", 1, 0, 2.0), (0, 1, "pool-1", 1, 0, 3.0), (1, 0, "thread 0", 0, 1, 0.0)]
+    assert rec.stats()["ranks"][0]["reads"] == 2  # the rank's row sums its threads
+    document = rec.chrome_trace()
+    names = {e["tid"]: e["args"]["name"] for e in document["traceEvents"] if e["name"] == "thread_name"}
+    assert names[0] == "rank 0" and names[2] == "rank 0 / pool-1"
+    held = sorted((e["tid"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6) for e in spans(rec) if e["name"] == "read")
+    assert held == [(0, 0.0, 2.0), (2, 1.0, 4.0)]  # overlapping reads of one key, one per thread
