@@ -129,18 +129,25 @@ class Channel:
 
         An MPI may put a reply on the wire only at a later progress call, after
         the first poke: a client that slept through it is woken now.  Returns
-        ``False`` (do not sleep yet) while a reply is still going out.
+        ``False`` (do not sleep yet) while a reply is still going out, or while
+        another thread polls the channel (a thread of the master's own client
+        helping: it changes the sends and the replied set, so this waits its turn).
         """
-        if self._sends:
-            self._sends = wire.reap(self._sends)
+        if not self._lock.acquire(False):
+            return False
+        try:
             if self._sends:
-                return False
-        words = self._words
-        if words is not None:
-            for rank in self._replied:
-                words.poke(rank)
-        self._replied.clear()
-        return True
+                self._sends = wire.reap(self._sends)
+                if self._sends:
+                    return False
+            words = self._words
+            if words is not None:
+                for rank in self._replied:
+                    words.poke(rank)
+            self._replied.clear()
+            return True
+        finally:
+            self._lock.release()
 
     def poll(self, block: bool = True) -> bool:
         """Handle at most one arrived request; return whether one was handled.

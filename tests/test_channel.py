@@ -101,3 +101,30 @@ def test_the_master_lowers_the_switch_interval_until_its_last_controller_closes(
         first.close()
         second.close()
     assert sys.getswitchinterval() == saved  # back as soon as close() returns
+
+
+def test_the_server_settles_only_when_no_client_thread_polls():
+    """settle() (before the server thread sleeps) must not race a master's client thread that polls (help()).
+
+    Both touch the replies in flight and the set of ranks to poke; iterating the set while
+    a helper adds to it killed the Python loop's server thread (32 ranks x 4 threads stress).
+    """
+    comm = MPI.COMM_SELF.Dup()
+    channel = Channel(comm)
+    link = Link(comm, 0, channel.help)
+    link.open_box(0)
+    try:
+        seq = link.send(Op.WRITE, 1)
+        answer = in_a_thread(lambda: link.wait(seq, deadline=time.monotonic() + 10))
+        assert answer is not None and answer.code == Reply.GRANTED
+        channel._replied.add(0)
+        with channel._lock:  # a client thread is polling
+            assert channel.settle() is False
+            assert channel._replied == {0}  # left alone
+        assert channel.settle() is True
+        assert channel._replied == set()
+        link.send(Op.RELEASE, 2)
+        in_a_thread(lambda: link.wait(link.send(Op.CLOSE, 3), deadline=time.monotonic() + 10))
+    finally:
+        link.finish()
+        comm.Free()
