@@ -154,10 +154,7 @@ class Lock(Guard):
             self._ctrl._undo(token)
             token[STATE] = UNDONE
         elif token[STATE] == DONE:
-            self._ctrl._release(token)
-            _unstack(token)
-            if token[SPANS]:
-                otel.exit_lock(token[SPANS], None)
+            self._give(None, [token])  # released, unstacked and its spans ended as by __exit__
 
     def _give(self, exc: BaseException | None, token: list[Any]) -> BaseException | None:
         """Release what this thread's innermost ``__enter__`` of this lock acquired, then end its span.
