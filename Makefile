@@ -85,6 +85,7 @@ lint: install
 	$(BIN)/ruff check mpilock server tests examples setup.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
+	ln -s $(CURDIR)/mpilock/bench $(TYPECHECK)/mpilock/bench
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
 	ln -s $(CURDIR)/tests/typed_program.py $(TYPECHECK)/
 	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict mpilock typed_program.py
