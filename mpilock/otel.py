@@ -248,8 +248,8 @@ def exit_lock(spans: list[_Record], error: BaseException | None) -> None:
 
 # -- fences ------------------------------------------------------------------
 def _fence_attributes(fence: Fence[Any]) -> dict[str, AttributeValue]:
-    ctrl = fence._ctrl
-    return {"mpi.rank": ctrl._rank, "mpi.master": ctrl._master, "mpilock.single_write": fence.writer}
+    port = fence._port
+    return {"mpi.rank": port.rank, "mpi.master": port.master, "mpilock.single_write": fence.writer}
 
 
 def enter_fence(fence: Fence[T], enter: Callable[[], T]) -> T:
@@ -257,13 +257,13 @@ def enter_fence(fence: Fence[T], enter: Callable[[], T]) -> T:
     tracer = HOOKS.tracer() if HOOKS is not None else None
     if tracer is None or not fence.access:
         return enter()
-    ctrl = fence._ctrl
-    nested, promoted = nesting(ctrl._holder().held, (keyspace.DEFAULT,), WRITE)
+    port = fence._port
+    nested, promoted = nesting(port.held(), (keyspace.DEFAULT,), WRITE)
     attributes = _fence_attributes(fence)
     attributes.update({"mpilock.nested": nested, "mpilock.promoted": promoted, "mpilock.mode": "write"})
     span = tracer.start_span(SPAN_NAMES[WRITE], attributes=attributes)
     stack: list[_Record] = []
-    result: T = _held(tracer, span, None if nested else WAIT_NAMES[WRITE], ctrl._rank, enter, stack, 0)
+    result: T = _held(tracer, span, None if nested else WAIT_NAMES[WRITE], port.rank, enter, stack, 0)
     fence._otel = stack
     return result
 
