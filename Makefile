@@ -58,7 +58,7 @@ install: $(STAMP)
 
 # The MPI wheel goes in first: its mpicc (in $(BIN), found by setup.py) builds mpilock's native
 # server against the MPI library mpi4py will load.  Editing the C source reinstalls.
-$(STAMP): pyproject.toml setup.py server/_native.c
+$(STAMP): pyproject.toml setup.py server/_native.c $(wildcard server/native-c/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(MPI)'
