@@ -3,7 +3,7 @@
 :class:`~.core.LockCore` and :class:`~.native_core.NativeLockCore` (whose C
 core decides the lock requests, ``server/_native.c``) keep the same
 bookkeeping for these: a :class:`~.fences.FenceBook`, the acquire sites each
-rank named, and the lock table rebuilt from their keys.  Each answer here
+rank named, and the lock table rebuilt from their keys.  :func:`answer`
 takes the core and one request, with the rank that sent it, and returns the
 replies.  What differs stays in the cores: the Python core's handlers get a
 holder id and turn it into a rank, the native one's the rank; ``FENCE_BEGIN``
@@ -13,7 +13,7 @@ takes the write lock, in each core its own way.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from .events import Send
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .frames import Payload  # a type only: the cores import no MPI
 
 _FILTER = int(Flag.FILTER)
+_FENCE_END, _FENCE_WAIT, _COLLECT, _SITE = int(Op.FENCE_END), int(Op.FENCE_WAIT), int(Op.COLLECT), int(Op.SITE)
 
 
 class Book(Protocol):
@@ -37,12 +38,13 @@ class Book(Protocol):
         """Holders and waiters of ``wanted`` keys (default: every key in use)."""
 
 
-Answer = Callable[[Book, int, int, int, int, "Payload | None", "tuple[bytes, ...]", int, float], list[Send]]
-"""``answer(core, rank, seq, arg, aux, payload, keys, site, now)``: the replies to one request of ``rank``."""
+OPS = frozenset(int(op) for op in (Op.FENCE_END, Op.FENCE_WAIT, Op.COLLECT, Op.SITE, Op.LOCKS))
+"""The ops both cores answer with :func:`answer`."""
 
 
-def fence_end(
+def answer(
     core: Book,
+    op: int,
     rank: int,
     seq: int,
     arg: int,
@@ -52,77 +54,23 @@ def fence_end(
     site: int,
     now: float,
 ) -> list[Send]:
-    """End fence ``arg`` on its writer ``rank``, with status ``aux`` and ``payload``."""
-    return core.fences.end(rank, seq, arg, FenceStatus(aux), payload)
+    """Return the replies to ``rank``'s request ``op`` (one of :data:`OPS`), kept in ``core``'s books.
 
-
-def fence_wait(
-    core: Book,
-    rank: int,
-    seq: int,
-    arg: int,
-    aux: int,
-    payload: Payload | None,
-    keys: tuple[bytes, ...],
-    site: int,
-    now: float,
-) -> list[Send]:
-    """``rank`` arrived at the end of fence ``arg`` (``aux``: it wants no reply, see :meth:`FenceBook.wait`)."""
-    return core.fences.wait(rank, seq, arg, reply=not aux)
-
-
-def collect(
-    core: Book,
-    rank: int,
-    seq: int,
-    arg: int,
-    aux: int,
-    payload: Payload | None,
-    keys: tuple[bytes, ...],
-    site: int,
-    now: float,
-) -> list[Send]:
-    """``rank`` collects what the writer of fence ``arg`` shared."""
-    return core.fences.collect(rank, seq, arg)
-
-
-def name_site(
-    core: Book,
-    rank: int,
-    seq: int,
-    arg: int,
-    aux: int,
-    payload: Payload | None,
-    keys: tuple[bytes, ...],
-    site: int,
-    now: float,
-) -> list[Send]:
-    """``rank`` names its acquire site ``arg``: the ``file:line`` in ``payload`` (no reply)."""
-    core.sites[(rank, arg)] = payload.decode(errors="replace") if isinstance(payload, bytes) else "?"
-    return []
-
-
-def locks_reply(
-    core: Book,
-    rank: int,
-    seq: int,
-    arg: int,
-    aux: int,
-    payload: Payload | None,
-    keys: tuple[bytes, ...],
-    site: int,
-    now: float,
-) -> list[Send]:
-    """``rank`` asks for the table of the locks in use (of ``keys`` only, with :attr:`Flag.FILTER`)."""
-    wanted = keys if arg & _FILTER else None
+    ``FENCE_END``: the writer ended fence ``arg`` with status ``aux`` and
+    ``payload``; ``FENCE_WAIT``: ``rank`` arrived at its end (``aux``: it
+    wants no reply); ``COLLECT``: ``rank`` collects what its writer shared;
+    ``SITE``: ``rank`` names its acquire site ``arg`` (the ``file:line`` in
+    ``payload``; no reply); ``LOCKS``: the table of the locks in use (of
+    ``keys`` only, with :attr:`~.protocol.Flag.FILTER`).
+    """
+    if op == _FENCE_END:
+        return core.fences.end(rank, seq, arg, FenceStatus(aux), payload)
+    if op == _FENCE_WAIT:
+        return core.fences.wait(rank, seq, arg, reply=not aux)
+    if op == _COLLECT:
+        return core.fences.collect(rank, seq, arg)
+    if op == _SITE:
+        core.sites[(rank, arg)] = payload.decode(errors="replace") if isinstance(payload, bytes) else "?"
+        return []
+    wanted = keys if arg & _FILTER else None  # LOCKS
     return [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(core.table(now, wanted)))]
-
-
-ANSWERS: dict[int, Answer] = {
-    Op.FENCE_END: fence_end,
-    Op.FENCE_WAIT: fence_wait,
-    Op.COLLECT: collect,
-    Op.SITE: name_site,
-    Op.LOCKS: locks_reply,
-}
-"""The answer of each op both cores answer alike."""

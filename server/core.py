@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 from . import keys as keyspace
-from .answers import ANSWERS, Answer
+from .answers import OPS as ANSWERED
+from .answers import answer
 from .deadlock import Node, WaitGraph, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
@@ -110,8 +111,8 @@ class LockCore:
             Op.HELLO: self._on_hello,
             Op.CLOSE: self._on_close,
         }
-        for op, answer in ANSWERS.items():  # answered as the native core answers them
-            self._handlers[op] = self._answering(answer)
+        for op in ANSWERED:  # answered as the native core answers them
+            self._handlers[op] = self._answering(op)
 
     # -- queries -----------------------------------------------------------
     def state(self, key: bytes = keyspace.DEFAULT) -> KeyState | None:
@@ -323,8 +324,8 @@ class LockCore:
             self.holders.names[holder] = payload.decode(errors="replace")
         self.graph.move(self, holder, (arg, aux))
 
-    def _answering(self, answer: Answer) -> Handler:
-        """Return the handler that answers its op with ``answer`` (:mod:`.answers`), for the holder's rank."""
+    def _answering(self, op: int) -> Handler:
+        """Return the handler of ``op`` that :func:`~.answers.answer` answers, for the holder's rank."""
 
         def handler(
             holder: int,
@@ -337,7 +338,7 @@ class LockCore:
             now: float,
             out: list[Send],
         ) -> None:
-            out.extend(answer(self, self._rank[holder], seq, arg, aux, payload, keys, site, now))
+            out.extend(answer(self, op, self._rank[holder], seq, arg, aux, payload, keys, site, now))
 
         return handler
 

@@ -29,7 +29,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import keys as keyspace
-from .answers import ANSWERS
+from .answers import OPS as ANSWERED
+from .answers import answer
 from .core import MODES, lock_table
 from .deadlock import Core, Edge, describe_cycle
 from .events import ProtocolError, Send
@@ -222,8 +223,8 @@ class NativeLockCore:
             int, Callable[[int, int, int, int, Payload | None, tuple[bytes, ...], int, float], list[Send]]
         ]
         self._python = {Op.FENCE_BEGIN: self._on_fence_begin}
-        for op, answer in ANSWERS.items():  # answered as the Python core answers them
-            self._python[op] = partial(answer, self)
+        for op in ANSWERED:  # answered as the Python core answers them
+            self._python[op] = partial(answer, self, op)
 
     @property
     def closed(self) -> bool:
