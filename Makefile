@@ -58,7 +58,7 @@ install: $(STAMP)
 
 # The MPI wheel goes in first: its mpicc (in $(BIN), found by setup.py) builds mpilock's native
 # server against the MPI library mpi4py will load.  Editing the C source reinstalls.
-$(STAMP): pyproject.toml setup.py server/_native.c
+$(STAMP): pyproject.toml setup.py server/_native.c $(wildcard server/native-c/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(MPI)'
@@ -100,6 +100,7 @@ lint: install
 	$(BIN)/ruff check mpilock server tests examples setup.py docs/conf.py
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/mpilock
 	ln -s $(CURDIR)/mpilock/*.py $(CURDIR)/mpilock/py.typed $(TYPECHECK)/mpilock/
+	ln -s $(CURDIR)/mpilock/bench $(TYPECHECK)/mpilock/bench
 	ln -s $(CURDIR)/server $(TYPECHECK)/mpilock/server
 	ln -s $(CURDIR)/tests/typed_program.py $(TYPECHECK)/
 	cd $(TYPECHECK) && $(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache --strict mpilock typed_program.py

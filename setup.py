@@ -6,23 +6,23 @@ pages in ``docs/`` the same way; the project has no public URL to make them
 absolute, and a package index cannot resolve a relative path, so the long
 description names the files instead of showing a broken image or links.
 
-``mpilock.server._native`` (``server/_native.c``, the lock server loop in C)
-is compiled with the MPI compiler wrapper: ``$MPICC`` if set, else the
-``mpicc`` beside the building Python (an MPI wheel in the same venv), else the
-``mpicc`` on ``PATH``.  It is optional: without a compiler, or if the build
-fails, the package installs without it (one warning in the build log), and
-mpilock builds it at first use with the ``mpicc`` of the MPI that mpi4py loads
-(``server/native_build.py``: the usual case of ``pip install '.[mpich]'``,
-where pip installs the ``mpich`` wheel and its ``mpicc`` only after building
-mpilock), or runs its pure-Python server loop and says why at the first
-``sync()``.  Every build compiles afresh: ``build/`` may hold a module from an
-earlier build against another MPI, and a skipped build removes it.  An
-editable install (``pip install -e``, as ``make install`` does) puts the
-module in the venv, in
+``mpilock.server._native`` (``server/_native.c``, the lock server loop in C,
+which includes the files of ``server/native-c/``) is compiled with the MPI
+compiler wrapper: ``$MPICC`` if set, else the ``mpicc`` beside the building
+Python (an MPI wheel in the same venv), else the ``mpicc`` on ``PATH``.  It is
+optional: without a compiler, or if the build fails, the package installs
+without it (one warning in the build log), and mpilock builds it at first use
+with the ``mpicc`` of the MPI that mpi4py loads (``server/native_build.py``:
+the usual case of ``pip install '.[mpich]'``, where pip installs the ``mpich``
+wheel and its ``mpicc`` only after building mpilock), or runs its pure-Python
+server loop and says why at the first ``sync()``.  Every build compiles afresh:
+``build/`` may hold a module from an earlier build against another MPI, and a
+skipped build removes it.  An editable install (``pip install -e``, as ``make
+install`` does) puts the module in the venv, in
 ``site-packages/mpilock_server_native/``, not in the source tree: the venvs of
 several MPI libraries share that tree (``.venv``, ``.venv-openmpi``), and each
-needs the module built with its own MPI (``mpilock/server/native_core.py`` looks
-there when the package has none).
+needs the module built with its own MPI (``mpilock/server/native_core.py``
+looks there when the package has none).
 """
 
 import os
@@ -120,7 +120,13 @@ setup(
     long_description_content_type="text/markdown",
     # optional: an editable install copies the module into the venv only if it was built
     ext_modules=[
-        Extension("mpilock.server._native", ["server/_native.c"], extra_compile_args=["-std=gnu11"], optional=True)
+        Extension(
+            "mpilock.server._native",
+            ["server/_native.c"],  # it includes the files of server/native-c/: one translation unit
+            depends=sorted(str(path) for path in Path("server/native-c").glob("*.[ch]")),
+            extra_compile_args=["-std=gnu11"],
+            optional=True,
+        )
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

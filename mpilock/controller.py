@@ -18,7 +18,7 @@ from mpi4py import MPI
 from . import lifecycle, otel
 from .checks import check_args, rank_index, timeout_seconds
 from .errors import ClosedError, LimitError, LockTimeout, MpilockError
-from .fence import _UNSET, Fence, PlainFence
+from .fence import _UNSET, Fence, FencePort, PlainFence
 from .guard import Guard
 from .holder import Holder
 from .link import Answer, Link, Watcher
@@ -407,7 +407,7 @@ class WindowController:
         writer = self._default_writer if rank is None else rank_index(rank, self._size, "single_write rank")
         number = self._fences_started
         self._fences_started += 1
-        return Fence(self, writer, number, _UNSET if handle is None else handle, self._site())
+        return Fence(self._fence_port(), writer, number, _UNSET if handle is None else handle, self._site())
 
     def locks(self, *keys: Any) -> LockTable:
         """Return the server's table of the locks in use (of ``keys`` only, if given); not collective.
@@ -720,8 +720,26 @@ class WindowController:
         step[STATE] = DONE
         return step
 
-    def _holds_default(self) -> bool:
-        return keyspace.DEFAULT in self._holder().held
+    def _fence_port(self) -> FencePort:
+        """Bind what a fence may ask of this controller: a :class:`~.fence.FencePort` (fence.py never imports it)."""
+        link = self._link
+
+        def send(op: Op, number: int, aux: int, payload: Payload | None) -> int:
+            return link.send(op, self._holder().next_seq(), number, aux, payload)
+
+        def finish(seq: int) -> None:
+            link.wait(seq)
+            link.reap()  # the server has every frame by now: free their snapshot
+
+        def held() -> dict[bytes, int]:
+            return self._holder().held
+
+        def started() -> int:
+            return self._fences_started
+
+        return FencePort(
+            self._rank, self._master, started, held, self._link_call, send, finish, self._fence_acquire, self._release
+        )
 
     def _link_call(
         self, op: Op, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b""

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import cloudpickle
 
 from . import otel
 from .errors import FencedSignal, FenceError
+from .link import Answer
 from .nesting import LOCAL, Step, new_step
 from .server import frames
+from .server import keys as keyspace
 from .server.frames import Frames, Payload, joined
 from .server.protocol import FenceStatus, Op
-
-if TYPE_CHECKING:
-    from .controller import WindowController
 
 _UNSET: Any = object()
 
@@ -58,6 +59,36 @@ def loads(payload: Payload | None) -> Any:
     return cloudpickle.loads(payload or b"")
 
 
+@dataclass(frozen=True)
+class FencePort:
+    """What a fence asks of its controller, bound to it: the controller makes one for each fence it starts.
+
+    So this module never imports the controller (which imports it), and the
+    fence sees of the controller just this: its rank, the fences started so
+    far, the calling thread's locks, and the requests a fence sends.  Every
+    request goes out for the calling thread's holder.
+    """
+
+    rank: int
+    """This rank in the controller's communicator."""
+    master: int
+    """The rank of the lock server."""
+    started: Callable[[], int]
+    """How many fences the controller has started so far (the same on every rank)."""
+    held: Callable[[], dict[bytes, int]]
+    """The calling thread's held locks: key -> mode."""
+    call: Callable[[Op, int], Answer]
+    """Send ``(op, fence number)`` and wait for the answer (:class:`~.errors.ClosedError` once closed)."""
+    send: Callable[[Op, int, int, Payload | None], int]
+    """Send ``(op, fence number, aux, payload)`` without waiting; return its sequence number."""
+    finish: Callable[[int], object]
+    """Wait for the answer to the request of that sequence number, then free the payload frames sent."""
+    acquire: Callable[[int, int], Step]
+    """Take the default write lock as the writer of fence ``number`` (``site``: where it was made)."""
+    release: Callable[[Step], object]
+    """Give back what :attr:`acquire` took."""
+
+
 Target = TypeVar("Target", covariant=True)
 """What ``with fence as x`` binds ``x`` to."""
 
@@ -74,17 +105,15 @@ class Fence(Generic[Target]):
     itself), ``single_write(handle=h)`` with ``h: H`` a ``Fence[H | None]``.
     """
 
-    def __init__(
-        self, controller: WindowController, writer: int, number: int, handle: Any = _UNSET, site: int = 0
-    ) -> None:
-        """Fence number ``number`` of ``controller``, written by rank ``writer`` (``site``: where it was made)."""
-        self._ctrl = controller
+    def __init__(self, port: FencePort, writer: int, number: int, handle: Any = _UNSET, site: int = 0) -> None:
+        """Fence number ``number`` of the controller behind ``port``, written by rank ``writer`` (``site``: where)."""
+        self._port = port
         self._site = site
         self.writer = writer
         """Rank that runs the block."""
         self.number = number
         """Position of this fence among the controller's fences (same on all ranks)."""
-        self.access = controller.rank == writer
+        self.access = port.rank == writer
         """Whether this rank is the writer."""
         self._handle = handle
         self._used = False
@@ -114,7 +143,7 @@ class Fence(Generic[Target]):
         raises here, on the writer, and every other rank gets :class:`FenceError`.
         """
         if not self.access:
-            raise FenceError(f"share() called on rank {self._ctrl.rank}, but only writer rank {self.writer} may share")
+            raise FenceError(f"share() called on rank {self._port.rank}, but only writer rank {self.writer} may share")
         if not self._inside:
             raise FenceError("share() must be called inside the single_write block")
         self._payload = dumps(obj)
@@ -135,7 +164,7 @@ class Fence(Generic[Target]):
             raise FenceError("collect() must be called after the single_write block")
         if self._status == FenceStatus.FAILED:
             raise FenceError(f"nothing to collect: the single_write block failed on rank {self.writer}", self.writer)
-        if self._ctrl._fences_started > self.number + 1:
+        if self._port.started() > self.number + 1:
             raise FenceError(
                 f"collect() of fence {self.number} must be called before the next single_write of the same "
                 f"controller, and fence {self.number + 1} has started"
@@ -145,7 +174,7 @@ class Fence(Generic[Target]):
         if self._status == FenceStatus.OK_EMPTY:
             return None
         if self._received is None:
-            answer = self._ctrl._link_call(Op.COLLECT, self.number)
+            answer = self._port.call(Op.COLLECT, self.number)
             self._received = answer.payload or b""
         try:
             self._shared = loads(self._received)
@@ -176,12 +205,11 @@ class Fence(Generic[Target]):
             )
         self._used = True
         if self.access:
-            self._taken = self._ctrl._fence_acquire(self.number, self._site)
-        elif self._ctrl._holds_default():
-            ctrl = self._ctrl  # arrive, so the writer is not kept waiting
-            ctrl._link.send(Op.FENCE_WAIT, ctrl._holder().next_seq(), self.number, 1)
+            self._taken = self._port.acquire(self.number, self._site)
+        elif keyspace.DEFAULT in self._port.held():
+            self._port.send(Op.FENCE_WAIT, self.number, 1, None)  # arrive, so the writer is not kept waiting
             raise FenceError(
-                f"rank {self._ctrl.rank} entered single_write while holding the controller's default lock "
+                f"rank {self._port.rank} entered single_write while holding the controller's default lock "
                 f"(read() or write() without a key), and is not the fence's writer (rank {self.writer}); "
                 "the writer could never get the write lock"
             )
@@ -202,7 +230,7 @@ class Fence(Generic[Target]):
         self._inside = False
         if self.access:
             return self._exit_writer(exc)
-        answer = self._ctrl._link_call(Op.FENCE_WAIT, self.number)
+        answer = self._port.call(Op.FENCE_WAIT, self.number)
         self._ended = True
         self._status = FenceStatus(answer.aux)
         if self._status == FenceStatus.FAILED:
@@ -218,13 +246,12 @@ class Fence(Generic[Target]):
             self._shared = _UNSET
         elif payload is not None:
             self._status = FenceStatus.OK_PAYLOAD
-        ctrl = self._ctrl
-        seq = ctrl._link.send(Op.FENCE_END, ctrl._holder().next_seq(), self.number, self._status, payload)
-        ctrl._release(self._taken)  # free the lock before waiting for the other ranks to arrive
+        port = self._port
+        seq = port.send(Op.FENCE_END, self.number, self._status, payload)
+        port.release(self._taken)  # free the lock before waiting for the other ranks to arrive
         self._ended = True
         self._payload = payload = None
-        ctrl._link.wait(seq)
-        ctrl._link.reap()  # the server has every frame by now: free their snapshot
+        port.finish(seq)  # the server has every frame by then: their snapshot is freed
         return exc is None or isinstance(exc, FencedSignal)
 
 

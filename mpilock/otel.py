@@ -35,7 +35,7 @@ imported and :data:`HOOKS` is ``None``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._version import __version__
 from .errors import FencedSignal
@@ -47,8 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
-    from .controller import Lock
-    from .fence import Fence
+    from .holder import Holder
 
 try:
     from opentelemetry import context as _context
@@ -60,6 +59,57 @@ else:
     AVAILABLE = True
 
 T = TypeVar("T")
+
+
+class _Controller(Protocol):
+    """What a lock's span reads of its controller (:class:`~mpilock.controller.WindowController`)."""
+
+    @property
+    def _rank(self) -> int: ...
+    @property
+    def _master(self) -> int: ...
+    def _holder(self) -> Holder: ...
+
+
+class Lock(Protocol):
+    """What :meth:`Hooks.enter_lock` reads of a lock (:class:`~mpilock.controller.Lock`; no import: it imports us)."""
+
+    @property
+    def _ctrl(self) -> _Controller: ...
+    @property
+    def _keys(self) -> tuple[bytes, ...]: ...
+    @property
+    def _mode(self) -> int: ...
+    @property
+    def _limit(self) -> int: ...
+    @property
+    def _timeout(self) -> float | None: ...
+    def _acquire(self, token: list[Any]) -> None: ...
+
+
+class _Port(Protocol):
+    """What a fence's span reads of its port (:class:`~mpilock.fence.FencePort`)."""
+
+    @property
+    def rank(self) -> int: ...
+    @property
+    def master(self) -> int: ...
+    @property
+    def held(self) -> Callable[[], dict[bytes, int]]: ...
+
+
+class Fence(Protocol):
+    """What the fence functions read and keep in a fence (:class:`~mpilock.fence.Fence`; no import: it imports us)."""
+
+    _otel: list[Any] | None
+
+    @property
+    def writer(self) -> int: ...
+    @property
+    def access(self) -> bool: ...
+    @property
+    def _port(self) -> _Port: ...
+
 
 TRACER_NAME = "mpilock"
 """The instrumentation scope of mpilock's spans (2.x's: ``get_tracer("mpilock", __version__)``)."""
@@ -247,28 +297,28 @@ def exit_lock(spans: list[_Record], error: BaseException | None) -> None:
 
 
 # -- fences ------------------------------------------------------------------
-def _fence_attributes(fence: Fence[Any]) -> dict[str, AttributeValue]:
-    ctrl = fence._ctrl
-    return {"mpi.rank": ctrl._rank, "mpi.master": ctrl._master, "mpilock.single_write": fence.writer}
+def _fence_attributes(fence: Fence) -> dict[str, AttributeValue]:
+    port = fence._port
+    return {"mpi.rank": port.rank, "mpi.master": port.master, "mpilock.single_write": fence.writer}
 
 
-def enter_fence(fence: Fence[T], enter: Callable[[], T]) -> T:
+def enter_fence(fence: Fence, enter: Callable[[], T]) -> T:
     """Enter ``fence`` with ``enter``: on the writer inside a ``mpilock.write`` span (2.x's), current until the end."""
     tracer = HOOKS.tracer() if HOOKS is not None else None
     if tracer is None or not fence.access:
         return enter()
-    ctrl = fence._ctrl
-    nested, promoted = nesting(ctrl._holder().held, (keyspace.DEFAULT,), WRITE)
+    port = fence._port
+    nested, promoted = nesting(port.held(), (keyspace.DEFAULT,), WRITE)
     attributes = _fence_attributes(fence)
     attributes.update({"mpilock.nested": nested, "mpilock.promoted": promoted, "mpilock.mode": "write"})
     span = tracer.start_span(SPAN_NAMES[WRITE], attributes=attributes)
     stack: list[_Record] = []
-    result: T = _held(tracer, span, None if nested else WAIT_NAMES[WRITE], ctrl._rank, enter, stack, 0)
+    result: T = _held(tracer, span, None if nested else WAIT_NAMES[WRITE], port.rank, enter, stack, 0)
     fence._otel = stack
     return result
 
 
-def exit_fence(fence: Fence[Any], leave: Callable[[], bool], error: BaseException | None) -> bool:
+def exit_fence(fence: Fence, leave: Callable[[], bool], error: BaseException | None) -> bool:
     """Leave ``fence`` with ``leave``: end the writer's span, or wait for the writer in a span of its own."""
     stack: list[_Record] | None = fence._otel
     if stack:
@@ -297,7 +347,7 @@ def traced(name: str, attributes: dict[str, AttributeValue], call: Callable[[], 
         span.end()
 
 
-def collect(fence: Fence[Any], call: Callable[[], T]) -> T:
+def collect(fence: Fence, call: Callable[[], T]) -> T:
     """Run ``fence.collect()``'s ``call`` in a ``mpilock.collect`` span."""
     return traced(COLLECT, _fence_attributes(fence), call)
 

@@ -34,17 +34,18 @@ server's memory follows the keys in use.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 from . import keys as keyspace
+from .answers import OPS as ANSWERED
+from .answers import answer
 from .deadlock import Node, WaitGraph, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
 from .holders import Holders, HolderView, holder_text
 from .locks import LAST, MODES, READ, SLOT, WRITE, KeyState, Request
-from .protocol import SLOT_SHIFT, FenceStatus, Flag, Op, Reply
+from .protocol import SLOT_SHIFT, Flag, Op, Reply
 
 if TYPE_CHECKING:
     from .frames import Payload  # a type only: the core imports no MPI
@@ -56,7 +57,7 @@ Handler = Callable[[int, int, int, int, "Payload | None", "tuple[bytes, ...]", i
 
 _DEFAULT_KEYS = (keyspace.DEFAULT,)
 _GRANTED = Reply.GRANTED
-_TRY, _UPGRADE, _FILTER = int(Flag.TRY), int(Flag.UPGRADE), int(Flag.FILTER)
+_TRY, _UPGRADE = int(Flag.TRY), int(Flag.UPGRADE)
 
 
 class LockCore:
@@ -107,14 +108,11 @@ class LockCore:
             Op.DOWNGRADE: self._on_downgrade,
             Op.CANCEL: self._on_cancel,
             Op.FENCE_BEGIN: self._on_fence_begin,
-            Op.FENCE_END: self._on_fence_end,
-            Op.FENCE_WAIT: self._on_fence_wait,
-            Op.COLLECT: self._on_collect,
-            Op.SITE: self._on_site,
             Op.HELLO: self._on_hello,
-            Op.LOCKS: self._on_locks,
             Op.CLOSE: self._on_close,
         }
+        for op in ANSWERED:  # answered as the native core answers them
+            self._handlers[op] = self._answering(op)
 
     # -- queries -----------------------------------------------------------
     def state(self, key: bytes = keyspace.DEFAULT) -> KeyState | None:
@@ -314,62 +312,6 @@ class LockCore:
         out.extend(self.fences.advance(self._rank[holder], arg))
         self._request(holder, seq, _DEFAULT_KEYS, WRITE, 0, 0, site, now, out)
 
-    def _on_fence_end(
-        self,
-        holder: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-        out: list[Send],
-    ) -> None:
-        out.extend(self.fences.end(self._rank[holder], seq, arg, FenceStatus(aux), payload))
-
-    def _on_fence_wait(
-        self,
-        holder: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-        out: list[Send],
-    ) -> None:
-        out.extend(self.fences.wait(self._rank[holder], seq, arg, reply=not aux))
-
-    def _on_collect(
-        self,
-        holder: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-        out: list[Send],
-    ) -> None:
-        out.extend(self.fences.collect(self._rank[holder], seq, arg))
-
-    def _on_site(
-        self,
-        holder: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-        out: list[Send],
-    ) -> None:
-        self.sites[(self._rank[holder], arg)] = payload.decode(errors="replace") if isinstance(payload, bytes) else "?"
-
     def _on_hello(
         self,
         holder: int,
@@ -386,20 +328,23 @@ class LockCore:
             self.holders.names[holder] = payload.decode(errors="replace")
         self.graph.move(self, holder, (arg, aux))
 
-    def _on_locks(
-        self,
-        holder: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-        out: list[Send],
-    ) -> None:
-        wanted = keys if arg & _FILTER else None
-        out.append(Send(self._rank[holder], Reply.PAYLOAD, seq, payload=pickle.dumps(self.table(now, wanted))))
+    def _answering(self, op: int) -> Handler:
+        """Return the handler of ``op`` that :func:`~.answers.answer` answers, for the holder's rank."""
+
+        def handler(
+            holder: int,
+            seq: int,
+            arg: int,
+            aux: int,
+            payload: Payload | None,
+            keys: tuple[bytes, ...],
+            site: int,
+            now: float,
+            out: list[Send],
+        ) -> None:
+            out.extend(answer(self, op, self._rank[holder], seq, arg, aux, payload, keys, site, now))
+
+        return handler
 
     # -- acquiring ---------------------------------------------------------------
     def _request(

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Generator
+from collections import deque
+from collections.abc import Callable, Generator
 from typing import Any
 
 from mpi4py import MPI
@@ -42,6 +43,9 @@ Request = tuple[int, int, int, int, int, int, bytes]
 
 OPS = frozenset(int(op) for op in Op)
 """The op codes of the protocol."""
+
+NO_HEADER: Request = (0, 0, 0, 0, 0, 0, b"")
+"""What is served of a message shorter than the header: its refusal, an ERROR reply with ``seq`` 0."""
 
 STALLED = 0.001
 """Seconds an intake waits for a sender's next message before its poller may back off (see :attr:`Intake.stalled`)."""
@@ -209,3 +213,67 @@ class Intake:
                 return
             yield from self._receive(message, bytearray(max(status.Get_count(MPI.BYTE), 0)))
             yield
+
+
+Serve = Callable[[int, Request, "Payload | None", "str | None"], bool]
+"""``serve(rank, request, payload, problem)`` of :meth:`Arrivals.advance`: true to stop at once (the channel ended)."""
+
+
+class Arrivals:
+    """Per rank, the requests that wait for their payload (the first) or behind one that does, in the order sent.
+
+    Both service loops keep one per channel: a request with a payload (or
+    one the C thread handed over, see :mod:`.native_loop`) waits here while
+    its payload arrives through an :class:`Intake`, one step per poll, and
+    the rank's later requests wait behind it, so that each rank's requests
+    are served in the order it sent them while other ranks are served
+    meanwhile.
+    """
+
+    def __init__(self, comm: MPI.Comm, tag: int) -> None:
+        """Take the payloads in on ``comm`` (the tag of the headers is ``tag``)."""
+        self._comm = comm
+        self._tag = tag
+        self._waiting: dict[int, deque[tuple[Request, str | None]]] = {}
+        """Per rank, requests waiting for their payload (the first) or behind it, each with its fault if it has one."""
+        self._intake: dict[int, Intake] = {}
+        """Per rank, the payload being received for its first waiting request."""
+
+    def __bool__(self) -> bool:
+        """Whether a request waits."""
+        return bool(self._waiting)
+
+    def __contains__(self, rank: object) -> bool:
+        """Whether a request of ``rank`` waits (its next one must queue behind it)."""
+        return rank in self._waiting
+
+    def add(self, rank: int, request: Request | None, problem: str | None) -> None:
+        """Queue ``rank``'s ``request`` (``None``: shorter than a header) with its ``problem``, behind its others."""
+        self._waiting.setdefault(rank, deque()).append((request or NO_HEADER, problem))
+
+    def advance(self, serve: Serve) -> tuple[bool, bool]:
+        """Advance every waiting rank's payload by one step; ``serve`` the requests whose payload is here, in order.
+
+        Returns ``(served, moving)``: whether a request was served (or
+        refused), and whether a payload is on its way, not only waited for
+        (see :attr:`Intake.stalled`): poll again soon.  Stops as soon as
+        ``serve`` returns true.
+        """
+        served = moving = False
+        for rank, waiting in list(self._waiting.items()):
+            while waiting:
+                request, problem = waiting[0]
+                intake = self._intake.get(rank)
+                if intake is None:
+                    intake = self._intake[rank] = Intake(self._comm, rank, self._tag, request[4])
+                if not intake.test():  # frames: one chunk per test, MPI free for other work in between
+                    moving = moving or not intake.stalled
+                    break
+                del self._intake[rank]
+                waiting.popleft()
+                served = True
+                if serve(rank, request, intake.payload, problem or intake.error):
+                    return served, moving
+            else:
+                del self._waiting[rank]
+        return served, moving

@@ -10,13 +10,11 @@ dedicated server rank runs the same loop in its main thread instead
 from __future__ import annotations
 
 import logging
-import pickle
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from mpi4py import MPI
 
@@ -24,23 +22,17 @@ from . import wire
 from .backoff import CONTENDED_SLEEP, Backoff
 from .core import LockCore
 from .deadlock import WaitGraph
-from .events import ProtocolError, Send
+from .dispatch import Observer, answer, send_replies
 from .frames import Payload
 from .holders import namer
-from .intake import Intake, Request, read
-from .protocol import KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .intake import Arrivals, Request, read
+from .protocol import TAG_REQUEST
+from .service import Service
 from .settings import SETTINGS
 from .wake import IdleSleep, wake_own_server
 
 log = logging.getLogger("mpilock.server")
 
-# enum lookups are slow on the hot path
-_STATS = int(Op.STATS)
-_KEYED = frozenset(int(op) for op in KEYED)
-_NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
-_DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
-_NO_HEADER: Request = (0, 0, 0, 0, 0, 0, b"")
-"""What is served of a message shorter than the header: its refusal, an ERROR reply with ``seq`` 0."""
 _TRUNCATE = MPI.ERR_TRUNCATE
 _MAIN = threading.main_thread()
 
@@ -50,21 +42,6 @@ SWITCH_INTERVAL = SETTINGS.switch_interval
 A thread waiting for the GIL gets it only after this long if the application
 thread computes in pure Python, so it bounds the grant latency of a busy master.
 """
-
-
-class Observer(Protocol):
-    """What a channel reports to: the lock statistics and trace recorder."""
-
-    def observe(
-        self, now: float, rank: int, op: int, seq: int, replies: list[Send], keys: tuple[bytes, ...] = ...
-    ) -> None:
-        """Account for one request from ``rank`` on ``keys`` and the replies it caused."""
-
-    def stats(self) -> dict[str, Any]:
-        """Summarise what was observed (sent to clients that ask with ``Op.STATS``)."""
-
-    thread_name: Callable[[int, int], str | None]
-    """``(rank, slot)`` -> the name that thread gave the server: the channel sets it from its core."""
 
 
 class Channel:
@@ -102,10 +79,8 @@ class Channel:
         """One persistent receive, restarted after each request (cheaper than a new ``Irecv``)."""
         self._recv.Start()
         self._sends: wire.Pending = []
-        self._arriving: dict[int, deque[tuple[Request, str | None]]] = {}
-        """Per rank, requests waiting for their payload (the first) or behind it, each with its fault if it has one."""
-        self._intake: dict[int, Intake] = {}
-        """Per rank, the payload being received for its first waiting request."""
+        self._arriving = Arrivals(comm, TAG_REQUEST)
+        """Per rank, requests waiting for their payload (the first) or behind it."""
         self._lock = lock if lock is not None else threading.Lock()
         """Held while polling: the server thread and a waiting client of this rank may both poll."""
         self.wakeable = False
@@ -177,7 +152,7 @@ class Channel:
                 self._take(self._status.Get_source(), truncated)
                 return True
             if self._arriving:  # the copying happens in our Tests: poll again at once while a payload moves
-                return self._receive_payloads()
+                return any(self._arriving.advance(self._serve_arrived))
             if self._sends:
                 self._sends = wire.reap(self._sends)
             return False
@@ -212,22 +187,7 @@ class Channel:
         replies, self.core.outbox = self.core.outbox, []
         if self.observer is not None:
             self.observer.observe(time.monotonic(), -1, 0, 0, replies)
-        words = self._words
-        for reply in replies:
-            wire.isend(
-                self.comm,
-                reply.rank,
-                TAG_REPLY,
-                reply.code,
-                reply.seq,
-                reply.arg,
-                reply.aux,
-                reply.payload,
-                self._sends,
-            )
-            if words is not None:
-                words.poke(reply.rank)
-                self._replied.add(reply.rank)
+        send_replies(self.comm, replies, self._sends, self._words, self._replied)
 
     def _take(self, rank: int, truncated: bool = False) -> None:
         """Take in the request message that has just arrived from ``rank``: serve it, or queue it for its payload.
@@ -243,38 +203,19 @@ class Channel:
                 self._recv.Start()
             return
         self._recv.Start()
-        self._arriving.setdefault(rank, deque()).append((request or _NO_HEADER, problem))
-        self._receive_payloads()
+        self._arriving.add(rank, request, problem)
+        self._arriving.advance(self._serve_arrived)
+
+    def _serve_arrived(self, rank: int, request: Request, payload: Payload | None, problem: str | None) -> bool:
+        """Serve a request whose payload has arrived (the receive is on); return whether the channel finished."""
+        self._serve(rank, request, payload, problem, True)
+        return self.finished.is_set()
 
     def _serve(self, rank: int, request: Request, payload: Payload | None, problem: str | None, started: bool) -> None:
         """Serve ``rank``'s ``request`` (refuse it if it has a ``problem``); ``started``: the receive is on."""
-        op, seq, arg, aux, _, site, area = request
-        if problem is not None:
-            log.warning("refused a malformed request from rank %d: %s", rank, problem)
-            replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=problem.encode())]
-        elif op == _STATS:
-            stats = self.observer.stats() if self.observer is not None else {}
-            replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
-        else:
-            now = time.monotonic()
-            keys = _DEFAULT_KEYS
-            try:
-                if op in _KEYED:
-                    keys = wire.request_keys(arg, area, payload)
-                replies = self.core.handle(rank, op, seq, arg, aux, payload, keys, site, now)
-            except (ProtocolError, ValueError) as err:
-                log.warning("protocol error from rank %d: %s", rank, err)
-                replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
-            if self.observer is not None:
-                self.observer.observe(now, rank, op, seq, replies, keys)
-        sends, words = self._sends, self._words
-        for reply in replies:
-            wire.isend(
-                self.comm, reply.rank, TAG_REPLY, reply.code, reply.seq, reply.arg, reply.aux, reply.payload, sends
-            )
-            if words is not None:
-                words.poke(reply.rank)
-                self._replied.add(reply.rank)
+        replies = answer(self.core, self.observer, rank, request, payload, problem, True)
+        sends = self._sends
+        send_replies(self.comm, replies, sends, self._words, self._replied)
         if self.core.closed:
             MPI.Request.Waitall([r for r, _ in sends])
             sends.clear()
@@ -286,32 +227,6 @@ class Channel:
             return
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
-
-    def _receive_payloads(self) -> bool:
-        """Advance every waiting rank's payload by one step; serve the requests whose payload is here, in order.
-
-        Return whether a request was served (or refused) or a payload is on
-        its way (poll again at once), not only waited for (see :attr:`Intake.stalled`).
-        """
-        served = False
-        for rank, waiting in list(self._arriving.items()):
-            while waiting:
-                request, problem = waiting[0]
-                intake = self._intake.get(rank)
-                if intake is None:
-                    intake = self._intake[rank] = Intake(self.comm, rank, TAG_REQUEST, request[4])
-                if not intake.test():
-                    served = served or not intake.stalled
-                    break
-                del self._intake[rank]
-                waiting.popleft()
-                served = True
-                self._serve(rank, request, intake.payload, problem or intake.error, True)
-                if self.finished.is_set():
-                    return True
-            else:
-                del self._arriving[rank]
-        return served
 
 
 def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:
@@ -351,37 +266,19 @@ def serve_until_closed(channel: Channel) -> None:
     serve(lambda: [] if channel.finished.is_set() else [channel])
 
 
-JOIN_TIMEOUT = 10.0
-"""Seconds ``close()`` waits for the server thread to end once its last channel finished."""
-
-
-def join_thread(thread: threading.Thread | None) -> None:
-    """Wait up to :data:`JOIN_TIMEOUT` for a service thread to end, unless there is none or it is this one."""
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(JOIN_TIMEOUT)
-
-
-class ServiceLoop:
+class ServiceLoop(Service):
     """The process-wide server thread; started and stopped with its channels."""
 
     def __init__(self) -> None:
         """Create an idle loop; :meth:`add` starts the thread."""
+        super().__init__()
         self.graph = WaitGraph()
         """The wait-for graph of every channel this process serves (deadlocks across controllers)."""
         self.poll_lock = threading.Lock()
         """Held by whoever polls one of the channels (they share :attr:`graph`)."""
-        self._lock = threading.Lock()
         self._channels: list[Channel] = []
-        self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._saved_interval: float | None = None
-        self._paused = False
-
-    @property
-    def running(self) -> bool:
-        """Whether the server thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
 
     def add(self, channel: Channel) -> None:
         """Serve ``channel`` until every rank has closed it."""
@@ -410,18 +307,13 @@ class ServiceLoop:
                 return
             self._restore_interval()
             thread = self._thread
-        self._wake.set()
-        wake_own_server()
-        join_thread(thread)
+        self._halt()
+        self._join(thread)
 
-    def pause(self) -> None:
-        """Stop the server thread for good: waiting clients :meth:`drive` from now on (see :func:`.native.pause`)."""
-        with self._lock:
-            self._paused = True
-            thread = self._thread
+    def _halt(self) -> None:
+        """Wake the server thread (from its event, or its sleep on this rank's wake word)."""
         self._wake.set()
         wake_own_server()
-        join_thread(thread)
 
     def drive(self) -> bool:
         """Poll every open channel once in this thread, the server thread's work once paused; return if one served."""

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from mpi4py import MPI
 
-from .loop import SERVICE, Channel, Observer
+from .dispatch import Observer
+from .loop import SERVICE, Channel
 from .protocol import HEADER_LEN, MAX_MESSAGE, TAG_REPLY, TAG_REQUEST, Flag, Op, Reply
 from .settings import SETTINGS
 

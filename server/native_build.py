@@ -11,7 +11,7 @@ it from there:
 * the compiler is ``$MPICC`` if set, else the ``mpicc`` of this Python's venv
   (an MPI wheel installs it there), else the ``mpicc`` on ``PATH``;
 * the cache is ``$XDG_CACHE_HOME/mpilock`` (default ``~/.cache/mpilock``), one
-  file per key: the hash of the C source, the Python ABI, the machine and
+  file per key: the hash of the C source (every file), the Python ABI, the machine and
   ``MPI_Get_library_version`` of the MPI mpi4py loads, so that an edited
   source, another Python or another MPI never reuses a module;
 * the ranks of a node take an exclusive ``flock`` on the key's lock file: the
@@ -41,7 +41,10 @@ from types import ModuleType
 log = logging.getLogger("mpilock")
 
 SOURCE = Path(__file__).with_name("_native.c")
-"""The C source of the native server, installed with the package."""
+"""The C source of the native server, installed with the package: the one file compiled, it includes the others."""
+
+SOURCES = (SOURCE, *sorted(SOURCE.with_name("native-c").glob("*.[ch]")))
+"""Every file of the C source: :data:`SOURCE` and the files of ``native-c/`` it includes (all in the cache key)."""
 
 MODULE = f"{__package__}._native"
 """The module's import name."""
@@ -49,7 +52,7 @@ MODULE = f"{__package__}._native"
 COMPILE_TIMEOUT = 300.0
 """Seconds a compile may take before it counts as failed."""
 
-__all__ = ["SOURCE", "BuildError", "cache_dir", "compiler", "ensure", "key", "load", "serves_mpi4pys_mpi"]
+__all__ = ["SOURCE", "SOURCES", "BuildError", "cache_dir", "compiler", "ensure", "key", "load", "serves_mpi4pys_mpi"]
 
 
 class BuildError(ImportError):
@@ -77,7 +80,9 @@ def cache_dir() -> Path:
 
 def key(mpi_version: str) -> str:
     """Return the cache key of a module built from :data:`SOURCE` for this Python and the MPI ``mpi_version``."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     for part in (str(sysconfig.get_config_var("EXT_SUFFIX")), sys.version, platform.machine(), mpi_version.strip()):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:24]
@@ -114,8 +119,9 @@ def ensure(mpi_version: str, cache: Path | None = None) -> tuple[Path, bool]:
 
     Raises :class:`BuildError` naming the reason if it cannot be built.
     """
-    if not SOURCE.is_file():
-        raise BuildError(f"its C source {SOURCE} is not installed")
+    missing = [str(source) for source in SOURCES if not source.is_file()]
+    if missing or len(SOURCES) == 1:
+        raise BuildError(f"its C source is not installed whole: {', '.join(missing) or SOURCE.with_name('native-c')}")
     try:
         cache = cache_dir() if cache is None else cache
     except RuntimeError as err:  # no home directory

@@ -18,24 +18,26 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
 import sys
 import sysconfig
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import keys as keyspace
+from .answers import OPS as ANSWERED
+from .answers import answer
 from .core import MODES, lock_table
 from .deadlock import Core, Edge, describe_cycle
 from .events import ProtocolError, Send
 from .fences import FenceBook
 from .holders import holder_text
 from .locks import KeyState, Request
-from .protocol import SLOT_SHIFT, FenceStatus, Flag, Op, Reply
+from .protocol import SLOT_SHIFT, Op, Reply
 
 if TYPE_CHECKING:
     from .frames import Payload
@@ -101,7 +103,6 @@ __all__ = ["IMPORT_ERROR", "NATIVE", "NativeGraph", "NativeLockCore", "available
 
 _DEFAULT_KEYS = (keyspace.DEFAULT,)
 _REPLIES = {int(r): r for r in Reply}
-_FILTER = int(Flag.FILTER)
 _DEADLOCK, _REFUSED = int(Reply.DEADLOCK), int(Reply.REFUSED)
 
 # Error kinds of _native.c (enum E_*), in order.
@@ -221,14 +222,9 @@ class NativeLockCore:
         self._python: dict[
             int, Callable[[int, int, int, int, Payload | None, tuple[bytes, ...], int, float], list[Send]]
         ]
-        self._python = {
-            Op.FENCE_BEGIN: self._on_fence_begin,
-            Op.FENCE_END: self._on_fence_end,
-            Op.FENCE_WAIT: self._on_fence_wait,
-            Op.COLLECT: self._on_collect,
-            Op.SITE: self._on_site,
-            Op.LOCKS: self._on_locks,
-        }
+        self._python = {Op.FENCE_BEGIN: self._on_fence_begin}
+        for op in ANSWERED:  # answered as the Python core answers them
+            self._python[op] = partial(answer, self, op)
 
     @property
     def closed(self) -> bool:
@@ -319,73 +315,6 @@ class NativeLockCore:
     ) -> list[Send]:
         out = self.fences.advance(rank, arg)
         return out + self.lock(rank, Op.FENCE_BEGIN, seq, arg, aux, _DEFAULT_KEYS, site, now)
-
-    def _on_fence_end(
-        self,
-        rank: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-    ) -> list[Send]:
-        return self.fences.end(rank, seq, arg, FenceStatus(aux), payload)
-
-    def _on_fence_wait(
-        self,
-        rank: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-    ) -> list[Send]:
-        return self.fences.wait(rank, seq, arg, reply=not aux)
-
-    def _on_collect(
-        self,
-        rank: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-    ) -> list[Send]:
-        return self.fences.collect(rank, seq, arg)
-
-    def _on_site(
-        self,
-        rank: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-    ) -> list[Send]:
-        self.sites[(rank, arg)] = payload.decode(errors="replace") if isinstance(payload, bytes) else "?"
-        return []
-
-    def _on_locks(
-        self,
-        rank: int,
-        seq: int,
-        arg: int,
-        aux: int,
-        payload: Payload | None,
-        keys: tuple[bytes, ...],
-        site: int,
-        now: float,
-    ) -> list[Send]:
-        wanted = keys if arg & _FILTER else None
-        return [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(self.table(now, wanted)))]
 
     # -- the state, read back ---------------------------------------------------------------------------
     def snapshot(self) -> tuple[Any, ...]:

@@ -24,23 +24,21 @@ in C (:meth:`NativeChannel.help`): its grants need neither thread.
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 from mpi4py import MPI
 
 from . import wire
-from .events import ProtocolError, Send
+from .dispatch import Observer, answer, refusal, send_replies
+from .events import Send
 from .frames import Payload
 from .holders import namer
-from .intake import Intake, Request, read
-from .loop import JOIN_TIMEOUT, Observer, join_thread
+from .intake import Arrivals, Request, read
 from .native_core import NativeGraph, NativeLockCore, module
-from .protocol import KEYED, TAG_REPLY, TAG_REQUEST, Op, Reply
+from .protocol import TAG_REQUEST, Op, Reply
+from .service import JOIN_TIMEOUT, Service
 from .settings import SETTINGS
 from .wake import sleep_cap as wake_cap
 
@@ -50,11 +48,6 @@ _c = module()
 _MESSAGE, _SPECIAL, _DRAIN, _FINISHED = 1, 2, 3, 4
 """Kinds of the things the C thread hands to Python (``enum I_*`` of _native.c)."""
 _STATS = int(Op.STATS)
-_KEYED = frozenset(int(op) for op in KEYED)
-_NO_REPLY = frozenset(int(op) for op in (Op.RELEASE, Op.DOWNGRADE, Op.SITE, Op.HELLO))
-_DEFAULT_KEYS: tuple[bytes, ...] = (b"",)
-_NO_HEADER: Request = (0, 0, 0, 0, 0, 0, b"")
-"""What is served of a message shorter than the header: its refusal, an ERROR reply with ``seq`` 0."""
 
 SOFT_EVENTS = 4096
 """Recorded requests after which the C thread asks Python to feed them to the recorder."""
@@ -101,10 +94,8 @@ class NativeChannel:
         """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
         self._sends: wire.Pending = []
         self._words: Any = None
-        self._arriving: dict[int, deque[tuple[Request, str | None]]] = {}
-        """Per rank, handed-over requests waiting for their payload (the first) or behind it, with any fault."""
-        self._intake: dict[int, Intake] = {}
-        """Per rank, the payload being received for its first waiting request."""
+        self._arriving = Arrivals(comm, TAG_REQUEST)
+        """Per rank, handed-over requests waiting for their payload (the first) or behind it."""
         self.id: int = _c.attach(self.core.native, comm.py2f())
 
     def help(self) -> bool:
@@ -143,7 +134,7 @@ class NativeChannel:
         and other ranks are served meanwhile.
         """
         request, problem = read(message, len(message), truncated, rank)
-        self._arriving.setdefault(rank, deque()).append((request or _NO_HEADER, problem))
+        self._arriving.add(rank, request, problem)
         self.advance()
 
     def advance(self) -> bool:
@@ -151,55 +142,33 @@ class NativeChannel:
 
         Return whether a payload is on its way (not only waited for): poll again soon.
         """
-        moving = False
-        for rank, waiting in list(self._arriving.items()):
-            while waiting:
-                request, problem = waiting[0]
-                intake = self._intake.get(rank)
-                if intake is None:
-                    intake = self._intake[rank] = Intake(self.comm, rank, TAG_REQUEST, request[4])
-                if not intake.test():  # frames: one chunk per test, MPI's lock free for the C thread in between
-                    moving = moving or not intake.stalled
-                    break
-                del self._intake[rank]
-                waiting.popleft()
-                try:
-                    self.serve_message(rank, request, intake.payload, problem or intake.error)
-                finally:
-                    _c.undefer(self.id, rank)
-            else:
-                del self._arriving[rank]
-        return moving
+        return self._arriving.advance(self._serve_arrived)[1]
+
+    def _serve_arrived(self, rank: int, request: Request, payload: Payload | None, problem: str | None) -> bool:
+        """Serve a handed-over request whose payload has arrived, then let the C thread serve the rank again."""
+        try:
+            self.serve_message(rank, request, payload, problem)
+        finally:
+            _c.undefer(self.id, rank)
+        return False  # the end of a channel comes from the C thread (``_FINISHED``), not from here
 
     def serve_message(self, rank: int, request: Request, payload: Payload | None, problem: str | None) -> None:
-        """Serve a request the C thread handed over (with a payload, or not a lock request), or refuse it."""
-        op, seq, arg, aux, _, site, area = request
-        if problem is not None:
-            log.warning("refused a malformed request from rank %d: %s", rank, problem)
-            replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=problem.encode())]
-        elif op == _STATS:
+        """Serve a request the C thread handed over (with a payload, or not a lock request), or refuse it.
+
+        Unlike the Python loop, nothing is reported to the observer here: the
+        C core records the lock requests, :meth:`drain` feeds them to it (first
+        of all before ``STATS`` is answered).
+        """
+        if problem is None and request[0] == _STATS:
             self.drain()
-            stats = self.observer.stats() if self.observer is not None else {}
-            replies = [Send(rank, Reply.PAYLOAD, seq, payload=pickle.dumps(stats))]
-        else:
-            now = time.monotonic()
-            keys = _DEFAULT_KEYS
-            try:
-                if op in _KEYED:
-                    keys = wire.request_keys(arg, area, payload)
-                replies = self.core.handle(rank, op, seq, arg, aux, payload, keys, site, now)
-            except (ProtocolError, ValueError) as err:
-                log.warning("protocol error from rank %d: %s", rank, err)
-                replies = [] if op in _NO_REPLY else [Send(rank, Reply.ERROR, seq, payload=str(err).encode())]
-        self.send(replies)
+        self.send(answer(self.core, self.observer, rank, request, payload, problem, False))
 
     def serve_special(self, rank: int, op: int, seq: int, keys: tuple[bytes, ...], special: tuple[Any, ...]) -> None:
         """Send the reply of a request the C thread served whose reply carries a text (an error, refusal, deadlock)."""
         if special[0] == "error":
             text = self.core.error_text(special, rank, op, int(special[3]), keys)
             log.warning("protocol error from rank %d: %s", rank, text)
-            if op not in _NO_REPLY:
-                self.send([Send(rank, Reply.ERROR, seq, payload=text.encode())])
+            self.send(refusal(rank, op, seq, text))
             return
         code = Reply.REFUSED if special[0] == "refused" else Reply.DEADLOCK
         self.send([Send(rank, code, seq, payload=self.core.special_text(special, rank, keys).encode())])
@@ -207,20 +176,7 @@ class NativeChannel:
     def send(self, replies: list[Send]) -> None:
         """Start sending ``replies`` from Python (those with payloads; the C thread sends the plain ones)."""
         sends = self._sends
-        for reply in replies:
-            wire.isend(
-                self.comm,
-                reply.rank,
-                TAG_REPLY,
-                reply.code,
-                reply.seq,
-                reply.arg,
-                reply.aux,
-                reply.payload,
-                sends,
-            )
-            if self._words is not None:
-                self._words.poke(reply.rank)
+        send_replies(self.comm, replies, sends, self._words)  # the C thread pokes again before it sleeps
         if len(sends) >= wire.REAP_AFTER:
             self._sends = wire.reap(sends)
 
@@ -246,17 +202,15 @@ class NativeChannel:
             self._sends = wire.reap(self._sends)
 
 
-class NativeService:
+class NativeService(Service):
     """The process's native loop: the C thread and the Python thread, started and stopped with their channels."""
 
     def __init__(self) -> None:
         """Create an idle service; :meth:`add` starts the threads."""
+        super().__init__()
         self._graph: NativeGraph | None = None
-        self._lock = threading.Lock()
         self._channels: dict[int, NativeChannel] = {}
-        self._thread: threading.Thread | None = None
         self._configured = False
-        self._paused = False
 
     @property
     def graph(self) -> NativeGraph:
@@ -264,12 +218,6 @@ class NativeService:
         if self._graph is None:
             self._graph = NativeGraph()
         return self._graph
-
-    @property
-    def running(self) -> bool:
-        """Whether the Python thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
 
     def channel(self, comm: MPI.Intracomm, observer: Observer | None, name: str) -> NativeChannel:
         """Make a native channel on ``comm`` and serve it until every rank has closed it."""
@@ -308,16 +256,15 @@ class NativeService:
                 return
             thread = self._thread
         _c.wake_now()  # the C thread may sleep on its wake word: it must see that no channel is left
-        join_thread(thread)
-        _c.join(JOIN_TIMEOUT)
+        self._join(thread)
 
-    def pause(self) -> None:
-        """Stop both threads for good: waiting clients :meth:`drive` from now on (see :func:`.native.pause`)."""
-        with self._lock:
-            self._paused = True
-            thread = self._thread
+    def _halt(self) -> None:
+        """Stop the C thread for good (the Python thread sees :attr:`_paused` at its next item or timeout)."""
         _c.pause()
-        join_thread(thread)
+
+    def _join(self, thread: threading.Thread | None) -> None:
+        """Wait for the Python thread, then for the C thread."""
+        super()._join(thread)
         _c.join(JOIN_TIMEOUT)
 
     def drive(self) -> bool:

@@ -47,6 +47,16 @@ def reply_buffer() -> bytearray:
     return bytearray(HEADER.size)
 
 
+def header_message(code: int, seq: int, arg: int, aux: int, nbytes: int = 0, site: int = 0, area: bytes = b"") -> bytes:
+    """Return the message of one request or reply: the packed :data:`~.protocol.HEADER`, then the key ``area``.
+
+    ``nbytes`` announces the payload that follows (see the module's text).
+    Every message starts here; :meth:`mpilock.link.Link.send` inlines the
+    same line for a request without payload, its hot path.
+    """
+    return HEADER.pack(code, seq, arg, aux, nbytes, site, len(area)) + area
+
+
 def isend(
     comm: MPI.Intracomm,
     dest: int,
@@ -71,10 +81,7 @@ def isend(
         nbytes = frames.announce(comm, dest, tag, payload, pending)
     else:
         nbytes = len(payload)
-    if area:
-        message = HEADER.pack(code, seq, arg, aux, nbytes, site, len(area)) + area
-    else:
-        message = HEADER.pack(code, seq, arg, aux, nbytes, site, 0)
+    message = header_message(code, seq, arg, aux, nbytes, site, area)
     pending.append((comm.Isend([message, MPI.BYTE], dest, tag), message))
     if payload is None:
         return
@@ -108,10 +115,7 @@ def request_parts(
         nbytes = frames.announce(comm, dest, TAG_REQUEST, payload, [])
     else:
         nbytes = len(payload)
-    if area:
-        message = HEADER.pack(code, seq, arg, aux, nbytes, site, len(area)) + area
-    else:
-        message = HEADER.pack(code, seq, arg, aux, nbytes, site, 0)
+    message = header_message(code, seq, arg, aux, nbytes, site, area)
     parts: list[tuple[list[Any], int]] = [([message, MPI.BYTE], TAG_REQUEST)]
     if isinstance(payload, Frames):
         parts += frames.parts(comm, dest, payload, frames.SMALL_CHUNK)

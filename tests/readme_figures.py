@@ -4,7 +4,7 @@ Each entry is ``(README text, bench row, phase, loop, ranks)``:
 
 - README text: the exact text of README.md that holds the figure (a table row
   up to its figures, or the sentence part of prose);
-- bench row: text of the row's name as it stands in ``mpilock/bench.py``
+- bench row: text of the row's name as it stands in a module of ``mpilock/bench/``
   (the constant part of an f-string name), or ``None`` for a figure derived
   from rows rather than printed by one, with the derivation in ``note``;
 - phase: the ``--only`` phase that prints it;
@@ -14,7 +14,7 @@ Each entry is ``(README text, bench row, phase, loop, ranks)``:
 
 tests/test_readme_figures.py checks that every README text listed is still in
 the README, that every bench row and phase named still exists in
-``mpilock/bench.py``, and that the passages in :data:`CHECKED` quote no
+``mpilock/bench/``, and that the passages in :data:`CHECKED` quote no
 figure missing from this list.  When a bench run changes a figure, change it
 here and in the README together.
 """

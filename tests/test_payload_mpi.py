@@ -9,7 +9,7 @@ from mpi4py import MPI
 from mpitools import mpi
 
 import mpilock
-from mpilock.bench import peak_rss, reset_peak_rss
+from mpilock.bench.memory import peak_rss, reset_peak_rss
 from mpilock.server import frames
 from mpilock.server.frames import Frames
 from mpilock.server.intake import Intake

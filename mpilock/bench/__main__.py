@@ -1,0 +1,7 @@
+"""``python -m mpilock.bench``: run the benchmark (see :mod:`mpilock.bench`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
