@@ -19,7 +19,6 @@ from .server.frames import Frames, Payload, joined
 from .server.native import PAUSED, drive
 from .server.native_core import NATIVE
 from .server.protocol import HEADER, SLOT_SHIFT, TAG_FRAMES, TAG_REPLY, TAG_REPLY_PAYLOAD, TAG_REQUEST, Op, Reply
-from .server.settings import SETTINGS
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
 _NOBODY = -12345
@@ -40,15 +39,19 @@ _REFUSALS: dict[Reply, tuple[type[MpilockError], str]] = {
 """Replies that end a request with an error: the server kept nothing of it."""
 
 
+NATIVE_SENDS = True
+"""Whether links send header-only requests with the native ``Sender`` when the module serves mpi4py's MPI
+(tests set it false before ``sync()`` to run the same requests through the Python path)."""
+
+
 def _sender(comm: MPI.Intracomm, master: int) -> Any:
     """Return a native ``Sender`` to ``master`` of ``comm``, or ``None`` without a module built for mpi4py's MPI.
 
     It sends a header-only request, marked sent just before, in one C call
     (no signal handler runs inside it), at less than half the cost of the same
-    in Python.  ``MPILOCK_NATIVE=0`` keeps the Python path, as it keeps the
-    pure-Python server loop.
+    in Python.  It serves the clients whichever server loop runs.
     """
-    if NATIVE is None or not hasattr(NATIVE, "Sender") or not SETTINGS.native:
+    if NATIVE is None or not NATIVE_SENDS or not hasattr(NATIVE, "Sender"):
         return None
     from .server.native_build import serves_mpi4pys_mpi
 

@@ -73,7 +73,7 @@ VARIABLES = {
             "MPILOCK_NATIVE",
             "1",
             "1 or 0 (also true/false, yes/no, on/off)",
-            "serve locks from the native (C) loop where it was built; 0 forces the pure-Python loop (and client sends)",
+            "serve locks from the native (C) loop where it was built; 0 forces the pure-Python loop",
         ),
         Variable(
             "MPILOCK_NATIVE_HOT",

@@ -23,6 +23,7 @@ typedef struct {
     MPI_Request *reqs;     /* the sends in flight ... */
     int64_t **bufs;        /* ... and their buffers, index for index */
     int n, cap;
+    int reap_at;           /* test the sends in flight when this many: doubles while they stay in flight */
     int64_t **spare;       /* buffers of completed sends, for reuse */
     int nspare, capspare;
     int *indices;          /* scratch for MPI_Testsome */
@@ -105,6 +106,7 @@ static PyObject *Sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     s->comm = comm;
     s->dest = dest;
+    s->reap_at = SENDER_REAP_AFTER;
     pthread_mutex_init(&s->lock, NULL);
     if (sender_grow(s) < 0) {
         Py_DECREF(s);
@@ -164,9 +166,17 @@ static PyObject *Sender_send(SenderObject *s, PyObject *const *args, Py_ssize_t 
         pthread_mutex_unlock(&s->lock);
         Py_RETURN_FALSE;
     }
-    if ((s->n >= SENDER_REAP_AFTER && sender_reap(s) < 0) || (s->n == s->cap && sender_grow(s) < 0)) {
+    if (s->n >= s->reap_at) { /* amortized: sends that stay in flight (a server slow to receive) are not
+                                 tested again at every send */
+        if (sender_reap(s) < 0) {
+            pthread_mutex_unlock(&s->lock);
+            return PyErr_Format(PyExc_RuntimeError, "mpilock: completing earlier sends failed");
+        }
+        s->reap_at = s->n < SENDER_REAP_AFTER ? SENDER_REAP_AFTER : 2 * s->n;
+    }
+    if (s->n == s->cap && sender_grow(s) < 0) {
         pthread_mutex_unlock(&s->lock);
-        return PyErr_Format(PyExc_RuntimeError, "mpilock: completing earlier sends failed");
+        return PyErr_NoMemory();
     }
     int64_t *buf = s->nspare ? s->spare[--s->nspare] : malloc(MAX_MESSAGE);
     if (!buf) {
