@@ -15,17 +15,20 @@ import pytest
 from mpi4py import MPI
 from mpitools import mpi
 
-from mpilock import storm
+import mpilock
+from mpilock import link, storm
 
 SECONDS = float(os.environ.get("MPILOCK_STORM_SECONDS", "2"))
 
 
 OPEN_MPI = pytest.mark.skipif(
-    MPI.get_vendor()[0] == "Open MPI" or os.environ.get("MPIR_CVAR_NOLOCAL") == "1",
-    reason="one storm job hung in CI under Open MPI (2026-12-07, 2 ranks, multi-key writes) and one over TCP "
-    "(collect of 1 MB); reruns passed: not yet understood, so the storm runs over MPICH shared memory "
-    "(both loops) until it is",
+    os.environ.get("MPIR_CVAR_NOLOCAL") == "1",
+    reason="over MPICH's TCP transport one storm job in about 15 hangs (2026-12-07, 2 ranks, collect of 1 MB): "
+    "rank 1 stays in the Barrier after the storm that rank 0 has left; a raw 1 MB exchange under the same storm "
+    "with a polling thread (no mpilock) did not hang in 8 runs, so the cause is not pinned yet; the storm runs "
+    "over shared memory (MPICH, both loops, Open MPI: 54 runs without a hang) until it is",
 )
+"""Named for Open MPI, which it skipped until 65ecde0 (the server's check for cut self-sends) made its hang go."""
 
 
 def _storm(ctrl, kind, seed, threads=0):
@@ -60,3 +63,17 @@ def test_a_storm_of_every_kind_at_once_leaves_nothing_behind(ctrl, mpi_ranks):
 @OPEN_MPI
 def test_a_storm_on_the_main_thread_leaves_the_other_threads_locks_alone(ctrl, mpi_ranks):
     _storm(ctrl, "mixed", mpi_ranks, threads=2)
+
+
+@mpi(min_ranks=2, max_ranks=2, timeout=50)
+@pytest.mark.mpi_isolated
+@OPEN_MPI
+def test_a_storm_leaves_nothing_behind_with_requests_sent_from_python(mpi_ranks, monkeypatch):
+    """The same with the pure-Python send path (what runs where the native module is not built)."""
+    monkeypatch.setattr(link, "NATIVE_SENDS", False)
+    ctrl = mpilock.sync()
+    try:
+        assert ctrl._link._sender is None
+        _storm(ctrl, "mixed", mpi_ranks)
+    finally:
+        ctrl.close()
