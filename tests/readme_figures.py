@@ -37,12 +37,14 @@ class Figure(NamedTuple):
     note: str = ""
 
 
-TABLE = "one make bench, 2026-11-28, 4 ranks on 2 cores (README: Performance)"
+TABLE = "one make bench, 2026-12-07, 4 ranks on 2 cores (README: Performance)"
+EIGHT = "mpiexec -n 8 ... --only ... right after the make bench of 2026-11-28 (not re-run on 2026-12-07)"
+BASE = "uncontended-vs-11dbcdc: runs taken turn about in 11dbcdc and main, 2 ranks, 2026-12-07"
 
 FIGURES: tuple[Figure, ...] = (
     # The Performance table: one `make bench`, both loops side by side.
     Figure(
-        "| server work per request, in-process | 1.5 µs | 0.15 | 10.3 µs |",
+        "| server work per request, in-process | 0.8 µs | 0.2 | 9.0 µs |",
         "server work per request (in-process, no waits)",
         "server",
         "both",
@@ -50,7 +52,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| uncontended `write()` acquire+release, rank 1 | 24.9 µs | 2.5 | 41.3 µs |",
+        "| uncontended `write()` acquire+release, rank 1 | 14.6 µs | 2.9 | 24.0 µs |",
         "uncontended {kind}() acquire+release, rank 1",
         "uncontended",
         "both",
@@ -58,7 +60,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| uncontended `read()`, rank 1, master app thread napping | 36.9 µs | 3.7 | 47.0 µs |",
+        "| uncontended `read()`, rank 1, master app thread napping | 15.7 µs | 3.2 | 23.8 µs |",
         "uncontended {kind}() acquire+release, rank 1",
         "uncontended",
         "both",
@@ -66,7 +68,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| uncontended `write()` from the master's own thread | 35.4 µs | 3.5 | 145.0 µs |",
+        "| uncontended `write()` from the master's own thread | 38.0 µs | 7.6 | 203.1 µs |",
         "uncontended write() acquire+release, master",
         "uncontended",
         "both",
@@ -74,7 +76,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| busy master (computing in pure Python): grant p50 | 0.16 ms | 16 | 1.49 ms |",
+        "| busy master (computing in pure Python): grant p50 | 0.05 ms | 10.7 | 1.02 ms |",
         "busy master: grant latency p50, rank 1",
         "busy",
         "both",
@@ -82,7 +84,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| busy master: grant p99 | 1.50 ms | 148 | 5.98 ms |",
+        "| busy master: grant p99 | 2.08 ms | 418.0 | 3.24 ms |",
         "busy master: grant latency p99, rank 1",
         "busy",
         "both",
@@ -90,7 +92,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| busy master: compute slowdown while rank 1 locks | −0.03 % | | 6.46 % |",
+        "| busy master: compute slowdown while rank 1 locks | 0.31 % | | 10.65 % |",
         "busy master: loop slowdown while rank 1 locks",
         "busy",
         "both",
@@ -98,7 +100,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| busy master: GIL time lost to serving | 0.00 % | | 2.83 % |",
+        "| busy master: GIL time lost to serving | −0.00 % | | 5.55 % |",
         "busy master: GIL time lost to serving",
         "busy",
         "both",
@@ -106,7 +108,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| master CPU, controller open, nobody locks | 0.85 % of a core | | 3.52 % |",
+        "| master CPU, controller open, nobody locks | 0.07 % of a core | | 0.20 % |",
         "master CPU, controller open, nobody locks",
         "idle",
         "both",
@@ -114,7 +116,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| first `write()` grant after 0.5 s idle | 2.43 ms (max 5.0) | | 0.82 ms |",
+        "| first `write()` grant after 0.5 s idle | 0.31 ms (max 0.37) | | 1.54 ms |",
         "first write() grant after 0.5 s idle, rank 1",
         "idle",
         "both",
@@ -122,7 +124,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| CPU of a rank waiting 2 s for a lock | 2.55 % | | 2.41 % |",
+        "| CPU of a rank waiting 2 s for a lock | 0.33 % | | 0.32 % |",
         "CPU of a rank waiting 2 s for a held lock",
         "waiting",
         "both",
@@ -130,7 +132,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| dedicated server, clients computing: grant p50 | 32.3 µs | 3.2 |",
+        "| dedicated server, clients computing: grant p50 | 13.6 µs | 2.7 |",
         "dedicated server: write grant latency p50, rank 1",
         "dedicated",
         "none",
@@ -138,24 +140,25 @@ FIGURES: tuple[Figure, ...] = (
         TABLE + "; the server rank runs the pure-Python loop in its main thread",
     ),
     Figure(
-        "| contended `write()` throughput, 2 / 4 / 8 ranks | noisy¹ / 10,771 / 5,412 per s | | "
-        "noisy¹ / 4,649 / 1,172 |",
+        "| contended `write()` throughput, 2 / 4 / 8 ranks | noisy¹ / 20,441 / 5,412 per s | | "
+        "noisy¹ / 9,147 / 1,172 |",
         "contended write() throughput, {size} ranks",
         "contended",
         "both",
         "2, 4, 8",
-        TABLE + "; 8 ranks: mpiexec -n 8 ... --only contended; 2 ranks: footnote 1",
+        TABLE + "; 8 ranks: " + EIGHT + "; 2 ranks: footnote 1",
     ),
     Figure(
-        "| contended `read()` latency p50, 2 / 4 / 8 ranks | 10¹ / 38 / 306 µs | | noisy¹ / 366 / 1,010 µs |",
+        "| contended `read()` latency p50, 2 / 4 / 8 ranks | 10¹ / 21.6 / 306 µs | | noisy¹ / 203.2 / 1,010 µs |",
         "contended read() latency p50, {size} ranks",
         "contended",
         "both",
         "2, 4, 8",
-        TABLE + "; 2 ranks: median of 6 runs, footnote 1",
+        TABLE + "; 8 ranks: " + EIGHT + "; 2 ranks: median of 6 runs, footnote 1",
     ),
     Figure(
-        "| `write(key)`, a key seen before / a fresh key, vs `write()` | 1.14× / 1.14× | | 1.14× / 1.14× |",
+        "| `write(key)`, a key seen before / a fresh key, vs `write()` | 1.11× / 1.12× | | "
+        "27.0 / 29.0 µs (ratio not printed) |",
         "a key seen before",
         "keyed",
         "both",
@@ -163,7 +166,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| acquire-site capture, uncontended `write(key)` | 4.8 % | | 3.6 % |",
+        "| acquire-site capture, uncontended `write(key)` | 1.78 % | | 2.20 % |",
         "acquire-site capture, uncontended write(key)",
         "sites",
         "both",
@@ -171,17 +174,17 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| own-key `write(key)` throughput, 2 / 4 / 8 ranks | noisy¹ / 16,590 / 14,177 per s | | "
-        "noisy¹ / 7,889 / 5,448 |",
+        "| own-key `write(key)` throughput, 2 / 4 / 8 ranks | noisy¹ / 35,934 / 14,177 per s | | "
+        "noisy¹ / 10,799 / 5,448 |",
         "own-key write(key) throughput, {size} ranks",
         "own-keys",
         "both",
         "2, 4, 8",
-        TABLE + "; 2 ranks: footnote 1",
+        TABLE + "; 8 ranks: " + EIGHT + "; 2 ranks: footnote 1",
     ),
     Figure(
-        "| `bounded(key, 2)`, 4 ranks: throughput, wait p50 / p99 | 10,132 per s, 227 µs / 3.2 ms | | "
-        "4,755 per s, 771 µs / 1.5 ms |",
+        "| `bounded(key, 2)`, 4 ranks: throughput, wait p50 / p99 | 16,843 per s, 141.4 µs / 2.03 ms | | "
+        "5,331 per s, 573.4 µs / 1.54 ms |",
         "bounded(key, 2) throughput, {size} ranks",
         "bounded",
         "both",
@@ -189,7 +192,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| 1,000,000 distinct keys, each locked once (ranks 1–3) | 49.3 s, 0 keys left | | 73.6 s, 0 keys left |",
+        "| 1,000,000 distinct keys, each locked once (ranks 1–3) | 32.0 s, 0 keys left | | 69.1 s, 0 keys left |",
         "distinct keys, each locked once",
         "million",
         "both",
@@ -197,7 +200,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "| `mpi4py.util.sync.Mutex` acquire+release, others in MPI / napping | 244 µs / 4,507 µs | 24 / 446 |",
+        "| `mpi4py.util.sync.Mutex` acquire+release, others in MPI / napping | 397.1 µs / 4,511.3 µs | 79.9 / 908.2 |",
         "mpi4py Mutex acquire+release, others in MPI wait",
         "mutex",
         "none",
@@ -256,7 +259,7 @@ FIGURES: tuple[Figure, ...] = (
     ),
     # "mpilock and RMA-window locks"
     Figure(
-        "took 244 µs per acquire+release here when\nthe other ranks sat in MPI, and 4,507 µs",
+        "took 397.1 µs per acquire+release here when\nthe other ranks sat in MPI, and 4,511.3 µs",
         "mpi4py Mutex acquire+release, others",
         "mutex",
         "none",
@@ -272,7 +275,7 @@ FIGURES: tuple[Figure, ...] = (
         "3 runs of mpiexec -n 2 ... --only uncontended busy mutex contended own-keys --scale 0.5, 2026-12-06",
     ),
     Figure(
-        "costs 24.9 µs with the native\nloop (41.3 µs with the pure-Python loop",
+        "costs 14.6 µs with the native\nloop (24.0 µs with the pure-Python loop",
         "uncontended {kind}() acquire+release, rank 1",
         "uncontended",
         "both",
@@ -280,7 +283,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "grants at 0.16 ms at p50 and 1.50 ms at p99\nand loses nothing measurable of its own speed (−0.03 %)",
+        "grants at 0.05 ms at p50 and 2.08 ms at p99\nand gives up 0.31 % of its own speed",
         "busy master: grant latency p",
         "busy",
         "native",
@@ -288,16 +291,33 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "grants wait 1.49 ms at p50 and\n5.98 ms at p99 and the master gives up 6.46 % of its speed",
+        "grants wait 1.02 ms at p50 and\n3.24 ms at p99 and the master gives up 10.65 % of its speed",
         "busy master: grant latency p",
         "busy",
         "python",
         "4",
         TABLE,
     ),
+    # The README's sentence on the uncontended path against 11dbcdc (the Performance page has the runs)
+    Figure(
+        "(rank 1 −8 %, the master's own thread −23 %; 2 ranks,\nruns taken turn about)",
+        "uncontended write() acquire+release, master",
+        "uncontended",
+        "native",
+        "2",
+        BASE + "; medians of 7 runs: rank 1 21.1 against 22.9 µs, master 39.9 against 51.8 µs",
+    ),
+    Figure(
+        "about 5 % slower with the pure-Python loop",
+        "uncontended {kind}() acquire+release, rank 1",
+        "uncontended",
+        "python",
+        "2",
+        BASE + "; 3 runs, +1.5 %, +5 %, +7.5 %, median +5 %",
+    ),
     # The cost model
     Figure(
-        "The native server spends about 1.5 µs per request",
+        "The native server spends about 0.8 µs per request",
         "server work per request (in-process, no waits)",
         "server",
         "native",
@@ -305,7 +325,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "the pure-Python one 10.3 µs in the same run, and 2–10 µs\ndepending on the machine",
+        "the pure-Python one 9.0 µs in the same run, and 2–10 µs\ndepending on the machine",
         "server work per request (in-process, no waits)",
         "server",
         "python",
@@ -313,31 +333,23 @@ FIGURES: tuple[Figure, ...] = (
         TABLE + "; 2-10 µs: the same row on other days and rank counts",
     ),
     Figure(
-        "(~50,000 with the Python loop at 10 µs)",
+        "(~55,000 with the Python loop at 9 µs)",
         None,
         "server",
         "python",
         "4",
-        "two requests per lock at the server work per request row's 10.3 µs",
+        "two requests per lock at the server work per request row's 9.0 µs",
     ),
     Figure(
-        "gives 93 µs per grant at 4 ranks and 185 µs at 8",
+        "gives 49 µs per grant at 4 ranks (2026-12-07) and 185 µs at 8\n(2026-11-28)",
         None,
         "contended",
         "native",
         "4, 8",
-        "1 / the contended write() throughput row (10,771 and 5,412 per s)",
+        "1 / the contended write() throughput row (20,441 per s in " + TABLE + "; 5,412 per s, " + EIGHT + ")",
     ),
     Figure(
-        "polls about once per 1–1.5 ms",
-        None,
-        "busy",
-        "python",
-        "4",
-        "twice the busy master's grant p50 row under the pure-Python loop (1.49 ms), give or take",
-    ),
-    Figure(
-        "each lock waits 1.49 ms at p50 (4 ranks)",
+        "each lock waits 1.02 ms at p50 (4 ranks)",
         "busy master: grant latency p50, rank 1",
         "busy",
         "python",
@@ -345,7 +357,7 @@ FIGURES: tuple[Figure, ...] = (
         TABLE,
     ),
     Figure(
-        "grants in 32.3 µs at p50 with clients computing (4 ranks)",
+        "grants in 13.6 µs at p50 with clients computing (4 ranks)",
         "dedicated server: write grant latency p50, rank 1",
         "dedicated",
         "none",
