@@ -25,7 +25,6 @@ What isolation gave is kept where it matters:
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import os
 import pickle
 import signal
@@ -37,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import leftovers
 import pytest
 from _pytest import runner
 from _pytest.reports import TestReport
@@ -256,12 +256,14 @@ class Batcher:
         folder = Path(self.batch_dir)
         if comm.rank == 0:
             (folder / f"start.{index}").touch()
-        # Just before the outside kills a test that ran past its timeout, every rank shows where it is.
-        faulthandler.dump_traceback_later(max(1.0, _timeout(item) - 2.0))
+        # Where every rank is just before the outside kills a test that ran past its timeout: the
+        # stacks go to a file per rank, which the outer session attaches to the report (tests/leftovers.py;
+        # the job's own output cannot show them: pytest captures the ranks' stderr).
+        leftovers.watch(item.nodeid, comm.rank, _timeout(item))
         try:
             reports = runner.runtestprotocol(item, log=False)
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            leftovers.unwatch()
         for report in reports:
             fspath, lineno, domain = report.location
             report.location = fspath, lineno, f"{domain}[rank={comm.rank}]"

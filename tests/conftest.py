@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import leftovers
 import pytest
 from batch import BATCH_DIR, pytest_configure  # noqa: F401  (pytest_configure: the batching plugin, tests/batch.py)
+from launch import INSIDE_MPI_JOB
+from mpitools import TIMEOUT
 from scope import skipped_here
 
 FAILED = pytest.StashKey[bool]()
@@ -22,6 +25,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed:
         item.stash[FAILED] = True
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """In a rank of an isolated job: write the stacks shortly before the test's limit (tests/leftovers.py).
+
+    (A batch job's ranks do the same in tests/batch.py, around each of their tests.)
+    """
+    if not INSIDE_MPI_JOB or os.environ.get(BATCH_DIR):
+        return (yield)
+    from mpi4py import MPI
+
+    marker = item.get_closest_marker("mpi")
+    limit = marker.kwargs.get("timeout") if marker is not None else None
+    leftovers.watch(item.nodeid, MPI.COMM_WORLD.Get_rank(), float(limit) if limit is not None else TIMEOUT)
+    try:
+        return (yield)
+    finally:
+        leftovers.unwatch()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A test that ran past its limit: attach its ranks' stacks to the report, and kill the ranks left."""
+    if INSIDE_MPI_JOB or not report.failed or not str(report.longrepr).startswith("Timeout"):
+        return
+    stacks = leftovers.collect(report.nodeid)
+    killed = leftovers.kill_ranks(report.nodeid)
+    if stacks or killed:
+        text = stacks or "(no rank wrote its stacks)"
+        if killed:
+            text += f"\n--- killed the processes left running it: {killed}"
+        report.sections.append(("Where the ranks were shortly before the limit (faulthandler)", text))
 
 
 @pytest.fixture
