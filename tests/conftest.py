@@ -47,10 +47,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """A test that ran past its limit: attach its ranks' stacks to the report, and kill the ranks left."""
-    if INSIDE_MPI_JOB or not report.failed or not str(report.longrepr).startswith("Timeout"):
+    """A test that ran past its limit: attach its ranks' stacks to the report, and kill the ranks left.
+
+    In a rank, a failed phase is kept for that report too: when one rank fails and the others hang, the job
+    is killed and its output lost, and the failure is what explains the hang.
+    """
+    if INSIDE_MPI_JOB:
+        if report.failed:
+            from mpi4py import MPI
+
+            leftovers.failed(report.nodeid, MPI.COMM_WORLD.Get_rank(), f"{report.when}: {report.longreprtext}")
         return
-    stacks = leftovers.collect(report.nodeid)
+    if not report.failed:
+        return
+    stacks = leftovers.collect(report.nodeid)  # removes the files, whatever the failure
+    if not str(report.longrepr).startswith("Timeout"):
+        return  # the report shows the failure itself
     killed = leftovers.kill_ranks(report.nodeid)
     if stacks or killed:
         text = stacks or "(no rank wrote its stacks)"

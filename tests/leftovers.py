@@ -52,6 +52,13 @@ def watch(nodeid: str, rank: int, limit: float) -> None:
     faulthandler.dump_traceback_later(max(min(limit - AHEAD, limit * SHARE), 1.0), file=file)
 
 
+def failed(nodeid: str, rank: int, report: str) -> None:
+    """In a rank: keep the text of a failed phase of test ``nodeid`` for the outer session (a timeout loses the output)."""
+    DUMPS.mkdir(exist_ok=True)
+    with (DUMPS / f"{key(nodeid)}.{rank}.failed.txt").open("a") as file:
+        file.write(report + "\n")
+
+
 def unwatch() -> None:
     """In a rank, after the test: disarm, and remove the file (the test ended in time)."""
     faulthandler.cancel_dump_traceback_later()
@@ -62,13 +69,14 @@ def unwatch() -> None:
 
 
 def collect(nodeid: str) -> str:
-    """In the outer session: return (and remove) the stacks the ranks of ``nodeid`` wrote, rank by rank."""
+    """In the outer session: return (and remove) the stacks and failures the ranks of ``nodeid`` wrote, rank by rank."""
     parts = []
     for path in sorted(DUMPS.glob(f"{key(nodeid)}.*.txt")) if DUMPS.is_dir() else []:
         lines = path.read_text(errors="replace").strip().splitlines()
         text = "\n".join(line for line in lines if not any(noise in line for noise in _NOISE))
         if text:
-            parts.append(f"--- rank {path.name.split('.')[1]}\n{text}")
+            what = "failed here first" if path.name.endswith(".failed.txt") else "stacks"
+            parts.append(f"--- rank {path.name.split('.')[1]} ({what})\n{text}")
         path.unlink(missing_ok=True)
     return "\n".join(parts)
 
