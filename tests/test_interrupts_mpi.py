@@ -7,6 +7,7 @@ holds.  Arguments are checked before anything is sent, so a bad one leaves
 nothing on the server either.
 """
 
+import contextlib
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ from mpi4py import MPI
 from mpitools import mpi
 
 import mpilock
+from mpilock import storm
 
 COMM = MPI.COMM_WORLD
 
@@ -180,3 +182,49 @@ def test_a_sole_reader_promotes_in_place(ctrl, mpi_ranks):
             assert [h["mode"] for e in ctrl.locks() for h in e["holders"]] == ["read"]
     COMM.barrier()
     lock_still_works(ctrl)
+
+
+@pytest.mark.parametrize("what", ["collect", "locks"])
+@mpi(max_ranks=3)
+@ISOLATED
+def test_an_exception_as_a_reply_arrives_leaves_nothing_of_it_on_the_wire(ctrl, mpi_ranks, what, monkeypatch):
+    # The exception lands just as the reply's header is in and its payload is still to come (the receive tested
+    # true, nothing taken yet). The call takes the rest before the exception goes on: a payload left unreceived
+    # stalls the rank's other traffic over MPICH's TCP transport (a Barrier after a caught Ctrl-C hangs there).
+    keys = [f"key-{i}" for i in range(2000)]  # a lock table of ~100 kB
+    if what == "collect":
+        fence, shared = storm.share(ctrl)  # 1 MiB, as frames
+        call = fence.collect
+        asks = not fence.access  # the writer's collect() asks nothing: it kept what it shared
+    else:
+        call, asks = ctrl.locks, True
+    holding = ctrl.write(*keys) if what == "locks" and ctrl.rank == 0 else contextlib.nullcontext()
+    link = ctrl._link
+    take = link._take
+    cut = [False]
+
+    def cut_as_it_arrives():
+        if cut[0]:
+            cut[0] = False
+            raise KeyboardInterrupt
+        return take()
+
+    monkeypatch.setattr(link, "_take", cut_as_it_arrives)
+    with holding:
+        COMM.barrier()
+        if asks:
+            cut[0] = True
+            with pytest.raises(KeyboardInterrupt):
+                call()
+            assert not cut[0], "the reply never arrived"
+            assert not link.comm.Iprobe(link.master), "part of the reply was left unreceived"
+            assert link._rx is None and not link._started
+            again = call()  # the next call gets its own reply, whole
+            if what == "collect":
+                assert again == shared
+            else:
+                assert {e["key"] for e in again} == {repr(k) for k in keys}, again
+                assert all(h["rank"] == 0 for e in again for h in e["holders"]), again
+        COMM.barrier()
+    COMM.barrier()
+    assert ctrl.locks() == []
