@@ -36,13 +36,15 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(seconds, error=Interrupted):
+def interrupt_after(seconds, error=Interrupted, armed=None):
     """Raise ``error`` from a SIGALRM handler ``seconds`` from now (in this, the main thread).
 
-    Returns ``armed``: set ``armed[0] = False`` (a store, during which no
-    handler runs) and a late alarm raises nothing.
+    Call it inside the ``try`` that catches ``error``: on a loaded machine the
+    alarm can go off before this returns.  Returns ``armed`` (made here unless
+    given): set ``armed[0] = False`` (a store, during which no handler runs)
+    and a late alarm raises nothing.
     """
-    armed = [True]
+    armed = [True] if armed is None else armed
 
     def handler(signum, frame):
         if armed[0]:
@@ -78,10 +80,10 @@ def test_an_exception_during_the_wait_withdraws_the_request(ctrl, mpi_ranks, kin
             time.sleep(0.1)  # released afterwards: a request that was not withdrawn would be granted now
     else:
         COMM.barrier()
-        interrupt_after(0.3, error)
         lock = ctrl.read(*keys) if kind == "read" else ctrl.write(*keys)
         try:
             with pytest.raises(error):
+                interrupt_after(0.3, error)
                 with lock:
                     pytest.fail("granted while another rank held the write lock")
         finally:
@@ -109,9 +111,10 @@ def test_an_exception_while_the_grant_races_it_hands_the_lock_back(ctrl, mpi_ran
                 time.sleep(0.002 * (attempt % 5))
         else:
             COMM.barrier()
-            armed = interrupt_after(0.001 + 0.0005 * (attempt % 7))
+            armed = [True]
             try:
                 try:
+                    interrupt_after(0.001 + 0.0005 * (attempt % 7), armed=armed)  # it may strike at once
                     with ctrl.write("k"):
                         time.sleep(0.0005)
                 finally:
