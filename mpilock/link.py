@@ -17,6 +17,7 @@ from .guard import Guard
 from .server import frames, wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Frames, Payload, joined
+from .server.latch import Latch
 from .server.native import PAUSED, drive
 from .server.native_core import NATIVE
 from .server.protocol import (
@@ -470,7 +471,7 @@ class Link:
                 continue
             backoff.pause()
 
-    def wait_for(self, event: threading.Event) -> None:
+    def wait_for(self, event: Latch) -> None:
         """Block until ``event`` is set, serving this rank's channels meanwhile if no server thread does."""
         while not event.is_set():
             if PAUSED.is_set():

@@ -26,6 +26,7 @@ from .dispatch import Observer, answer, send_replies
 from .frames import Payload
 from .holders import namer
 from .intake import Arrivals, Request, read
+from .latch import Latch
 from .protocol import TAG_REQUEST
 from .service import Service
 from .settings import SETTINGS
@@ -70,7 +71,7 @@ class Channel:
         self.observer = observer
         if observer is not None:
             observer.thread_name = namer(self.core)  # stats() and traces name the threads
-        self.finished = threading.Event()
+        self.finished = Latch()
         """Set once every rank has closed and the last replies are delivered."""
         self._buffer = wire.message_buffer()
         self._view = memoryview(self._buffer)
