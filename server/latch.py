@@ -1,4 +1,4 @@
-"""A one-way latch that a signal handler's exception in a waiting thread cannot break (``threading.Event`` can)."""
+"""A latch that a signal handler's exception cannot break, as it can a ``threading.Event``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ POLL = 0.05
 
 
 class Latch:
-    """Set once by one thread, waited on by others; made of a C lock and a store, not of Python locking code.
+    """A flag set by one thread, looked at or waited on by others; a C lock and stores, no Python locking code.
 
     ``threading.Event`` is Python code around a ``Condition``: an exception a
-    signal handler raises in a waiting thread just after ``Condition.__enter__``
-    took its lock (a ``KeyboardInterrupt`` in ``close()``, say) leaves that lock
-    held, and the next ``set()``, the server thread's, blocks forever.  Here
-    ``set()`` is a store and a release, which never blocks, and a wait is
-    ``acquire`` calls with a timeout, each followed by a look at the flag.
+    signal handler raises in the main thread just after ``Condition.__enter__``
+    took its lock (a ``KeyboardInterrupt`` in ``close()``'s wait, or in a
+    ``set()``) leaves that lock held, and the next ``set()`` or ``clear()``,
+    the server thread's, blocks forever.  Here ``set()`` and ``clear()`` are a
+    store and a non-blocking lock call, and a wait is ``acquire`` calls with a
+    timeout, each followed by a look at the flag.
     """
 
     __slots__ = ("_gate", "_set")
@@ -35,6 +36,11 @@ class Latch:
             self._gate.release()
         except RuntimeError:
             pass  # set already
+
+    def clear(self) -> None:
+        """Unset the flag (the Python server loop's "look now" flag, after it looked)."""
+        self._set = False
+        self._gate.acquire(blocking=False)  # shut the gate again if a set() opened it
 
     def is_set(self) -> bool:
         """Whether the flag is set."""

@@ -230,7 +230,7 @@ class Channel:
             self._sends = wire.reap(sends)
 
 
-def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:
+def serve(current: Callable[[], list[Channel]], changed: Latch | None = None, contended: float = 0.0) -> None:
     """Poll the channels ``current()`` returns, in this thread, until it returns none.
 
     ``current()`` is asked again only when a channel has finished or
@@ -278,7 +278,7 @@ class ServiceLoop(Service):
         self.poll_lock = threading.Lock()
         """Held by whoever polls one of the channels (they share :attr:`graph`)."""
         self._channels: list[Channel] = []
-        self._wake = threading.Event()
+        self._wake = Latch()
         self._saved_interval: float | None = None
 
     def add(self, channel: Channel) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from typing import Any, Protocol
 
 from mpi4py import MPI
@@ -163,7 +162,7 @@ def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedCha
     return channel, SERVICE
 
 
-PAUSED = threading.Event()
+PAUSED = Latch()
 """Set by :func:`pause`: no server thread runs in this process any more."""
 
 

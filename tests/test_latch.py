@@ -35,3 +35,14 @@ def test_a_waiter_cut_between_its_acquire_and_release_breaks_neither_set_nor_oth
     done = threading.Event()
     threading.Thread(target=lambda: (latch.set(), latch.wait(), done.set()), daemon=True).start()
     assert done.wait(2), "set() or wait() blocked on a gate a cut waiter left shut"
+
+
+def test_clear_unsets_and_shuts_the_gate_again():
+    latch = Latch()
+    latch.set()
+    latch.clear()
+    assert not latch.is_set()
+    assert latch.wait(0.06) is False  # the gate is shut: no wait returns early
+    latch.clear()  # cleared twice: still unset, nothing blocks
+    latch.set()
+    assert latch.is_set() and latch.wait()
