@@ -53,6 +53,7 @@ class Latch:
             left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
             if left <= 0:
                 break
-            if self._gate.acquire(timeout=left):
-                self._gate.release()  # a waiter cut before this release leaves the gate shut: the flag still shows
+            if self._gate.acquire(timeout=left) and self._set:
+                self._gate.release()  # open for the next waiter (cut before this, the gate stays shut: the flag shows)
+            # acquired but cleared meanwhile: the gate stays shut, as it should be while unset
         return self._set

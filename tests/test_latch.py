@@ -46,3 +46,11 @@ def test_clear_unsets_and_shuts_the_gate_again():
     latch.clear()  # cleared twice: still unset, nothing blocks
     latch.set()
     assert latch.is_set() and latch.wait()
+
+
+def test_a_wait_that_finds_the_latch_cleared_behind_the_gate_leaves_it_shut():
+    latch = Latch()
+    latch.set()
+    latch._set = False  # cleared after the gate opened, before the waiter looked: clear() could not shut it
+    assert latch.wait(0.02) is False
+    assert not latch._gate.acquire(blocking=False), "the gate was left open while unset: waits would spin"
