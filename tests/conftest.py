@@ -24,6 +24,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when == "call" and report.failed:
         item.stash[FAILED] = True
+    if report.failed and INSIDE_MPI_JOB:
+        # Kept for the outer session's timeout report: when one rank fails and the others hang, the job is
+        # killed and its output lost, and this failure is what explains the hang.  (Here, not in
+        # pytest_runtest_logreport: the ranks run their tests with log=False, so that hook never fires in them.)
+        from mpi4py import MPI
+
+        leftovers.failed(item.nodeid, MPI.COMM_WORLD.Get_rank(), f"{report.when}: {report.longreprtext}")
     return report
 
 
@@ -47,18 +54,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """A test that ran past its limit: attach its ranks' stacks to the report, and kill the ranks left.
-
-    In a rank, a failed phase is kept for that report too: when one rank fails and the others hang, the job
-    is killed and its output lost, and the failure is what explains the hang.
-    """
-    if INSIDE_MPI_JOB:
-        if report.failed:
-            from mpi4py import MPI
-
-            leftovers.failed(report.nodeid, MPI.COMM_WORLD.Get_rank(), f"{report.when}: {report.longreprtext}")
-        return
-    if not report.failed:
+    """A test that ran past its limit: attach what its ranks left (stacks, failures); kill the ranks still running."""
+    if INSIDE_MPI_JOB or not report.failed:
         return
     stacks = leftovers.collect(report.nodeid)  # removes the files, whatever the failure
     if not str(report.longrepr).startswith("Timeout"):
