@@ -57,10 +57,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A test that ran past its limit: attach what its ranks left (stacks, failures); kill the ranks still running."""
     if INSIDE_MPI_JOB or not report.failed:
         return
+    timeout = str(report.longrepr).startswith("Timeout")
+    killed = leftovers.kill_ranks(report.nodeid) if timeout else []  # first: a live rank writes its stacks again
     stacks = leftovers.collect(report.nodeid)  # removes the files, whatever the failure
-    if not str(report.longrepr).startswith("Timeout"):
+    if not timeout:
         return  # the report shows the failure itself
-    killed = leftovers.kill_ranks(report.nodeid)
     if stacks or killed:
         text = stacks or "(no rank wrote its stacks)"
         if killed:

@@ -36,6 +36,8 @@ _NOISE = ("/_pytest/", "/pluggy/", "/pytest_isolate_mpi/", "/mpi4py/run.py", "/m
 """Frames of the test runner, left out of the stacks shown."""
 
 _open: list[tuple[IO[str], Path]] = []
+_failed: list[str] = []
+"""The tests that failed in this process (see :func:`unwatch`)."""
 
 
 def key(nodeid: str) -> str:
@@ -55,12 +57,20 @@ def watch(nodeid: str, rank: int, limit: float) -> None:
 def failed(nodeid: str, rank: int, report: str) -> None:
     """In a rank: keep the text of a failed phase of ``nodeid`` for the outer session (a timeout loses the output)."""
     DUMPS.mkdir(exist_ok=True)
+    _failed.append(nodeid)
     with (DUMPS / f"{key(nodeid)}.{rank}.failed.txt").open("a") as file:
         file.write(report + "\n")
 
 
 def unwatch() -> None:
-    """In a rank, after the test: disarm, and remove the file (the test ended in time)."""
+    """In a rank, after the test: disarm, and remove the file (the test ended in time).
+
+    Not after a failure here: the other ranks may be stuck in the test, and this
+    one then hangs in what follows it (its controller's close, ``MPI_Finalize``),
+    so its stacks go on being written until the process ends.
+    """
+    if _failed:
+        return
     faulthandler.cancel_dump_traceback_later()
     while _open:
         file, path = _open.pop()

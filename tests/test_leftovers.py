@@ -57,10 +57,16 @@ def test_a_test_that_ends_in_time_leaves_nothing():
     assert not list(leftovers.DUMPS.glob(f"{leftovers.key(NODEID)}.*"))
 
 
-def test_a_failure_on_one_rank_is_kept_for_the_timeout_report_and_survives_the_test_end():
+def test_a_failure_on_one_rank_is_kept_for_the_timeout_report_and_its_stacks_go_on():
     leftovers.watch(NODEID, 0, 60.0)
-    leftovers.failed(NODEID, 0, "call: MpilockError: rank 0 found something wrong")
-    leftovers.unwatch()  # the rank went on after its failure; the others hang
-    report = leftovers.collect(NODEID)
-    assert report == "--- rank 0 (failed here first)\ncall: MpilockError: rank 0 found something wrong", report
-    assert leftovers.collect(NODEID) == ""  # taken once
+    try:
+        leftovers.failed(NODEID, 0, "call: MpilockError: rank 0 found something wrong")
+        leftovers.unwatch()  # the rank went on after its failure (to a close the others never reach, say)
+        stacks = leftovers.DUMPS / f"{leftovers.key(NODEID)}.0.txt"
+        assert stacks.exists(), "the stacks of a rank that failed must go on being written"
+        report = leftovers.collect(NODEID)
+        assert report == "--- rank 0 (failed here first)\ncall: MpilockError: rank 0 found something wrong", report
+        assert leftovers.collect(NODEID) == ""  # taken once
+    finally:
+        leftovers._failed.clear()
+        leftovers.unwatch()
