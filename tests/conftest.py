@@ -53,6 +53,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         leftovers.unwatch()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    """In a rank: arm the stacks' timer again, which pytest's faulthandler plugin cancels when a test raises.
+
+    A rank whose test failed is the one that next hangs (in its controller's close, waiting for ranks still
+    in the test), and without this its stacks were never written.
+    """
+    if INSIDE_MPI_JOB:
+        leftovers.rearm()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """A test that ran past its limit: attach what its ranks left (stacks, failures); kill the ranks still running."""
     if INSIDE_MPI_JOB or not report.failed:

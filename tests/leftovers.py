@@ -36,6 +36,8 @@ _NOISE = ("/_pytest/", "/pluggy/", "/pytest_isolate_mpi/", "/mpi4py/run.py", "/m
 """Frames of the test runner, left out of the stacks shown."""
 
 _open: list[tuple[IO[str], Path]] = []
+_every: list[float] = []
+"""The seconds between two dumps of the current watch."""
 _failed: list[str] = []
 """The tests that failed in this process (see :func:`unwatch`)."""
 
@@ -51,7 +53,14 @@ def watch(nodeid: str, rank: int, limit: float) -> None:
     path = DUMPS / f"{key(nodeid)}.{rank}.txt"
     file = path.open("w")
     _open.append((file, path))
-    faulthandler.dump_traceback_later(max(limit * EVERY, 1.0), repeat=True, file=file)
+    _every[:] = [max(limit * EVERY, 1.0)]
+    faulthandler.dump_traceback_later(_every[0], repeat=True, file=file)
+
+
+def rearm() -> None:
+    """In a rank: arm the stacks' timer again (pytest's faulthandler plugin cancels it when a test raises)."""
+    if _open and _every:
+        faulthandler.dump_traceback_later(_every[0], repeat=True, file=_open[-1][0])
 
 
 def failed(nodeid: str, rank: int, report: str) -> None:
