@@ -51,6 +51,7 @@ def watch(nodeid: str, rank: int, limit: float) -> None:
     """In a rank: write every thread's stack into ``DUMPS`` while test ``nodeid`` runs, every ``EVERY * limit``."""
     DUMPS.mkdir(exist_ok=True)
     path = DUMPS / f"{key(nodeid)}.{rank}.txt"
+    (DUMPS / f"{key(nodeid)}.{rank}.failed.txt").unlink(missing_ok=True)  # from an earlier run, killed
     file = path.open("w")
     _open.append((file, path))
     _every[:] = [max(limit * EVERY, 1.0)]
