@@ -13,12 +13,24 @@ from typing import Any, NamedTuple
 from mpi4py import MPI
 
 from .errors import ClosedError, DeadlockError, LimitError, MpilockError
+from .guard import Guard
 from .server import frames, wake, wire
 from .server.backoff import CLIENT_SPIN_SECONDS, Backoff
 from .server.frames import Frames, Payload, joined
+from .server.latch import Latch
 from .server.native import PAUSED, drive
 from .server.native_core import NATIVE
-from .server.protocol import HEADER, SLOT_SHIFT, TAG_FRAMES, TAG_REPLY, TAG_REPLY_PAYLOAD, TAG_REQUEST, Op, Reply
+from .server.protocol import (
+    ANSWERED_AT_ONCE,
+    HEADER,
+    SLOT_SHIFT,
+    TAG_FRAMES,
+    TAG_REPLY,
+    TAG_REPLY_PAYLOAD,
+    TAG_REQUEST,
+    Op,
+    Reply,
+)
 
 _NO_CODE = bytes(8)  # the code word of a header that never arrived
 _NOBODY = -12345
@@ -92,11 +104,13 @@ class Watcher:
 class _Wait:
     """What one wait is waiting for (shared by its turns as the receiver and in its box)."""
 
-    __slots__ = ("accept", "deadline", "expired", "question", "seq", "watch", "watcher")
+    __slots__ = ("accept", "deadline", "expired", "question", "seq", "taken", "watch", "watcher")
 
     def __init__(self, seq: int, deadline: float | None, watcher: Callable[[float], Watcher | None] | None) -> None:
         self.seq = seq
         self.accept: frozenset[Reply] | None = None
+        self.taken: list[bool] | None = None
+        """Set ``taken[0]`` true as the reply to ``seq`` leaves the box (see :meth:`Link.call`)."""
         self.deadline = deadline
         self.expired = False
         self.question = -1
@@ -138,6 +152,33 @@ class Box:
     def sleep(self, seconds: float) -> None:
         """Wait until the bell rings or ``seconds`` pass (the box is the truth; the bell only wakes)."""
         self._bell.acquire(timeout=seconds)
+
+
+class _Drain(Guard):
+    """Takes the reply to one request off the wire and drops it, finished whatever interrupts (see :meth:`Link.call`).
+
+    Its ``__exit__`` is the guard's: ``_give`` is called again until one call
+    completes (in C, with the native module), then the first exception that
+    struck meanwhile is raised.
+    """
+
+    __slots__ = ("_link", "_seq", "_taken")
+
+    def __init__(self, link: Link, seq: int, taken: list[bool]) -> None:
+        """Drain the reply to request ``seq`` of ``link``; ``taken[0]`` says it is off the wire."""
+        self._link = link
+        self._seq = seq
+        self._taken = taken
+
+    def _give(self, exc: BaseException | None, token: list[Any]) -> BaseException | None:
+        """Wait for the reply until it is taken (an error reply, or a close, ends it too)."""
+        link, seq, taken = self._link, self._seq, self._taken
+        try:
+            while not taken[0]:
+                link.wait(seq, taken=taken)
+        except MpilockError:
+            pass  # an error reply (taken), or the controller closed under us: nothing more will come
+        return None
 
 
 class Link:
@@ -277,6 +318,7 @@ class Link:
         accept: frozenset[Reply] | None = None,
         deadline: float | None = None,
         watcher: Callable[[float], Watcher | None] | None = None,
+        taken: list[bool] | None = None,
     ) -> Answer | None:
         """Wait for the reply to ``seq`` (with a code in ``accept``) until ``deadline``.
 
@@ -296,13 +338,16 @@ class Link:
         receive reads the same header again, and the payload goes on arriving
         where it stopped, :meth:`_payload`).  A reply taken from the box is the
         caller's: if an exception loses it there, a grant is handed back by the
-        caller's cancel, and a question is asked again.
+        caller's cancel, and a question is asked again.  With ``taken``,
+        ``taken[0]`` is set true as the reply to ``seq`` leaves the box, with no
+        bytecode in between where a handler could run.
         """
         slot = seq >> SLOT_SHIFT
         box = self._boxes[slot]
         answers = box.answers
         state = _Wait(seq, deadline, watcher)
         state.accept = accept
+        state.taken = taken
         self._waiting[slot] = box
         try:
             while True:
@@ -310,6 +355,8 @@ class Link:
                     answer = answers.get(seq)
                     if answer is not None and accept is not None and answer.code in accept and len(answers) == 1:
                         del answers[seq]  # the common case, _open's work inlined: taken with no call in between
+                        if taken is not None:
+                            taken[0] = True
                         return answer
                     answer = self._open(box, state)
                     if answer is not None:
@@ -349,6 +396,8 @@ class Link:
             answer = answers[seq]
             del answers[seq]  # taken: no bytecode between reading and deleting where a handler runs
             if seq == state.seq:
+                if state.taken is not None:
+                    state.taken[0] = True
                 refusal = _REFUSALS.get(answer.code)
                 if refusal is not None:
                     error, prefix = refusal
@@ -422,7 +471,7 @@ class Link:
                 continue
             backoff.pause()
 
-    def wait_for(self, event: threading.Event) -> None:
+    def wait_for(self, event: Latch) -> None:
         """Block until ``event`` is set, serving this rank's channels meanwhile if no server thread does."""
         while not event.is_set():
             if PAUSED.is_set():
@@ -434,8 +483,35 @@ class Link:
     def call(
         self, op: Op, seq: int, arg: int = 0, aux: int = 0, payload: Payload | None = None, area: bytes = b""
     ) -> Answer:
-        """Send request ``seq`` and wait for its reply."""
-        answer = self.wait(self.send(op, seq, arg, aux, payload, area=area))
+        """Send request ``seq`` and wait for its reply.
+
+        For a request the server answers at once (:data:`ANSWERED_AT_ONCE`),
+        an exception that cuts this after the request went out does not leave
+        the reply behind: it is taken in whole, and dropped, before the
+        exception goes on (further exceptions meanwhile are dropped too).
+        Left unreceived, a large payload can stall every later message to
+        this rank, the application's own included, until a wait of this link
+        takes it (MPICH over TCP stops reading the connection).  That takes
+        as long as the transfer: the server sent the reply already.
+        """
+        if op not in ANSWERED_AT_ONCE:
+            answer = self.wait(self.send(op, seq, arg, aux, payload, area=area))
+            assert answer is not None  # no deadline
+            return answer
+        sent, taken = [False], [False]
+        drain = _Drain(self, seq, taken)  # made before anything is sent: an exception in the making sends nothing
+        try:
+            self.send(op, seq, arg, aux, payload, area=area, mark=sent)
+            answer = self.wait(seq, taken=taken)
+        except MpilockError:
+            raise  # the server's answer was an error: taken, nothing to drain
+        except BaseException:
+            if sent[0] and not taken[0]:
+                try:  # noqa: SIM105 - contextlib.suppress is Python code a signal handler could cut
+                    drain.__exit__(None, None, None)  # a C call when the native module is built: nothing cuts it
+                except BaseException:
+                    pass  # an exception that struck while draining: the first one goes on
+            raise
         assert answer is not None  # no deadline
         return answer
 

@@ -19,9 +19,9 @@ pause returns on time again.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
+from .latch import Latch
 from .settings import SETTINGS
 
 SPIN_SECONDS = SETTINGS.spin
@@ -71,7 +71,7 @@ class Backoff:
         """Whether the loop is still in its spin phase (it only yields between polls)."""
         return time.monotonic() < self._hot_until
 
-    def pause(self, wake: threading.Event | None = None) -> None:
+    def pause(self, wake: Latch | None = None) -> None:
         """Wait a little before the next poll; skips the sleep if ``wake`` is already set."""
         start = time.monotonic()
         if start < self._hot_until:

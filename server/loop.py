@@ -26,6 +26,7 @@ from .dispatch import Observer, answer, send_replies
 from .frames import Payload
 from .holders import namer
 from .intake import Arrivals, Request, read
+from .latch import Latch
 from .protocol import TAG_REQUEST
 from .service import Service
 from .settings import SETTINGS
@@ -70,7 +71,7 @@ class Channel:
         self.observer = observer
         if observer is not None:
             observer.thread_name = namer(self.core)  # stats() and traces name the threads
-        self.finished = threading.Event()
+        self.finished = Latch()
         """Set once every rank has closed and the last replies are delivered."""
         self._buffer = wire.message_buffer()
         self._view = memoryview(self._buffer)
@@ -229,7 +230,7 @@ class Channel:
             self._sends = wire.reap(sends)
 
 
-def serve(current: Callable[[], list[Channel]], changed: threading.Event | None = None, contended: float = 0.0) -> None:
+def serve(current: Callable[[], list[Channel]], changed: Latch | None = None, contended: float = 0.0) -> None:
     """Poll the channels ``current()`` returns, in this thread, until it returns none.
 
     ``current()`` is asked again only when a channel has finished or
@@ -277,7 +278,7 @@ class ServiceLoop(Service):
         self.poll_lock = threading.Lock()
         """Held by whoever polls one of the channels (they share :attr:`graph`)."""
         self._channels: list[Channel] = []
-        self._wake = threading.Event()
+        self._wake = Latch()
         self._saved_interval: float | None = None
 
     def add(self, channel: Channel) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from typing import Any, Protocol
 
 from mpi4py import MPI
 
 from .dispatch import Observer
+from .latch import Latch
 from .loop import SERVICE, Channel
 from .protocol import HEADER_LEN, MAX_MESSAGE, TAG_REPLY, TAG_REQUEST, Flag, Op, Reply
 from .settings import SETTINGS
@@ -127,7 +127,7 @@ __all__ = [
 class ServedChannel(Protocol):
     """What a controller needs of the server side of its lock, whichever loop serves it."""
 
-    finished: threading.Event
+    finished: Latch
     """Set once every rank has closed and the last replies are delivered."""
 
     def help(self) -> bool:
@@ -162,7 +162,7 @@ def serve(comm: MPI.Intracomm, observer: Observer, name: str) -> tuple[ServedCha
     return channel, SERVICE
 
 
-PAUSED = threading.Event()
+PAUSED = Latch()
 """Set by :func:`pause`: no server thread runs in this process any more."""
 
 

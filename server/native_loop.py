@@ -36,6 +36,7 @@ from .events import Send
 from .frames import Payload
 from .holders import namer
 from .intake import Arrivals, Request, read
+from .latch import Latch
 from .native_core import NativeGraph, NativeLockCore, module
 from .protocol import TAG_REQUEST, Op, Reply
 from .service import JOIN_TIMEOUT, Service
@@ -90,7 +91,7 @@ class NativeChannel:
         self.observer = observer
         if observer is not None:
             observer.thread_name = namer(self.core)  # stats() and traces name the threads
-        self.finished = threading.Event()
+        self.finished = Latch()
         """Set once every rank has closed, the last replies are delivered and the recorder has every event."""
         self._sends: wire.Pending = []
         self._words: Any = None

@@ -116,6 +116,15 @@ class Flag(IntEnum):
 KEYED = frozenset({Op.READ, Op.WRITE, Op.RELEASE, Op.CANCEL, Op.BOUNDED, Op.DOWNGRADE, Op.LOCKS})
 """Requests whose key area (and MULTI / KEYS_IN_PAYLOAD flags) name keys; the others carry none."""
 
+ANSWERED_AT_ONCE = frozenset({Op.COLLECT, Op.STATS, Op.LOCKS})
+"""Requests the server answers as soon as it reads them, with a payload that may be large.
+
+A client whose wait for one of these is cut by an exception takes the reply in
+whole before the exception goes on (:meth:`mpilock.link.Link.call`): a payload
+left unreceived can stall the rank's other traffic (MPICH over TCP stops
+reading the connection), so a ``Barrier`` right after a caught
+``KeyboardInterrupt`` would hang."""
+
 
 class Reply(IntEnum):
     """Replies the server sends to a client."""

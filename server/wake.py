@@ -25,12 +25,12 @@ import logging
 import os
 import re
 import secrets
-import threading
 import time
 from typing import Any
 
 from mpi4py import MPI
 
+from .latch import Latch
 from .settings import SETTINGS
 
 log = logging.getLogger("mpilock")
@@ -225,7 +225,7 @@ class IdleSleep:
         """Whether the loop has idled past its hot window and can sleep on the word."""
         return bool(_served) and time.monotonic() - self._last >= self._hot
 
-    def sleep(self, everyone: bool, changed: threading.Event | None = None) -> bool:
+    def sleep(self, everyone: bool, changed: Latch | None = None) -> bool:
         """Idle: arm the word (then the caller polls once more) or sleep on it; ``False``: use your backoff.
 
         ``everyone``: every client of every channel can wake us (the sleep may

@@ -24,6 +24,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when == "call" and report.failed:
         item.stash[FAILED] = True
+    if report.failed and INSIDE_MPI_JOB:
+        # Kept for the outer session's timeout report: when one rank fails and the others hang, the job is
+        # killed and its output lost, and this failure is what explains the hang.  (Here, not in
+        # pytest_runtest_logreport: the ranks run their tests with log=False, so that hook never fires in them.)
+        from mpi4py import MPI
+
+        leftovers.failed(item.nodeid, MPI.COMM_WORLD.Get_rank(), f"{report.when}: {report.longreprtext}")
     return report
 
 
@@ -46,12 +53,26 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         leftovers.unwatch()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    """In a rank: arm the stacks' timer again, which pytest's faulthandler plugin cancels when a test raises.
+
+    A rank whose test failed is the one that next hangs (in its controller's close, waiting for ranks still
+    in the test), and without this its stacks were never written.
+    """
+    if INSIDE_MPI_JOB:
+        leftovers.rearm()
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """A test that ran past its limit: attach its ranks' stacks to the report, and kill the ranks left."""
-    if INSIDE_MPI_JOB or not report.failed or not str(report.longrepr).startswith("Timeout"):
+    """A test that ran past its limit: attach what its ranks left (stacks, failures); kill the ranks still running."""
+    if INSIDE_MPI_JOB or not report.failed:
         return
-    stacks = leftovers.collect(report.nodeid)
-    killed = leftovers.kill_ranks(report.nodeid)
+    timeout = str(report.longrepr).startswith("Timeout")
+    killed = leftovers.kill_ranks(report.nodeid) if timeout else []  # first: a live rank writes its stacks again
+    stacks = leftovers.collect(report.nodeid)  # removes the files, whatever the failure
+    if not timeout:
+        return  # the report shows the failure itself
     if stacks or killed:
         text = stacks or "(no rank wrote its stacks)"
         if killed:

@@ -7,6 +7,7 @@ holds.  Arguments are checked before anything is sent, so a bad one leaves
 nothing on the server either.
 """
 
+import contextlib
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ from mpi4py import MPI
 from mpitools import mpi
 
 import mpilock
+from mpilock import storm
 
 COMM = MPI.COMM_WORLD
 
@@ -34,13 +36,15 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(seconds, error=Interrupted):
+def interrupt_after(seconds, error=Interrupted, armed=None):
     """Raise ``error`` from a SIGALRM handler ``seconds`` from now (in this, the main thread).
 
-    Returns ``armed``: set ``armed[0] = False`` (a store, during which no
-    handler runs) and a late alarm raises nothing.
+    Call it inside the ``try`` that catches ``error``: on a loaded machine the
+    alarm can go off before this returns.  Returns ``armed`` (made here unless
+    given): set ``armed[0] = False`` (a store, during which no handler runs)
+    and a late alarm raises nothing.
     """
-    armed = [True]
+    armed = [True] if armed is None else armed
 
     def handler(signum, frame):
         if armed[0]:
@@ -76,10 +80,10 @@ def test_an_exception_during_the_wait_withdraws_the_request(ctrl, mpi_ranks, kin
             time.sleep(0.1)  # released afterwards: a request that was not withdrawn would be granted now
     else:
         COMM.barrier()
-        interrupt_after(0.3, error)
         lock = ctrl.read(*keys) if kind == "read" else ctrl.write(*keys)
         try:
             with pytest.raises(error):
+                interrupt_after(0.3, error)
                 with lock:
                     pytest.fail("granted while another rank held the write lock")
         finally:
@@ -107,9 +111,10 @@ def test_an_exception_while_the_grant_races_it_hands_the_lock_back(ctrl, mpi_ran
                 time.sleep(0.002 * (attempt % 5))
         else:
             COMM.barrier()
-            armed = interrupt_after(0.001 + 0.0005 * (attempt % 7))
+            armed = [True]
             try:
                 try:
+                    interrupt_after(0.001 + 0.0005 * (attempt % 7), armed=armed)  # it may strike at once
                     with ctrl.write("k"):
                         time.sleep(0.0005)
                 finally:
@@ -180,3 +185,49 @@ def test_a_sole_reader_promotes_in_place(ctrl, mpi_ranks):
             assert [h["mode"] for e in ctrl.locks() for h in e["holders"]] == ["read"]
     COMM.barrier()
     lock_still_works(ctrl)
+
+
+@pytest.mark.parametrize("what", ["collect", "locks"])
+@mpi(max_ranks=3)
+@ISOLATED
+def test_an_exception_as_a_reply_arrives_leaves_nothing_of_it_on_the_wire(ctrl, mpi_ranks, what, monkeypatch):
+    # The exception lands just as the reply's header is in and its payload is still to come (the receive tested
+    # true, nothing taken yet). The call takes the rest before the exception goes on: a payload left unreceived
+    # stalls the rank's other traffic over MPICH's TCP transport (a Barrier after a caught Ctrl-C hangs there).
+    keys = [f"key-{i}" for i in range(2000)]  # a lock table of ~100 kB
+    if what == "collect":
+        fence, shared = storm.share(ctrl)  # 1 MiB, as frames
+        call = fence.collect
+        asks = not fence.access  # the writer's collect() asks nothing: it kept what it shared
+    else:
+        call, asks = ctrl.locks, True
+    holding = ctrl.write(*keys) if what == "locks" and ctrl.rank == 0 else contextlib.nullcontext()
+    link = ctrl._link
+    take = link._take
+    cut = [False]
+
+    def cut_as_it_arrives():
+        if cut[0]:
+            cut[0] = False
+            raise KeyboardInterrupt
+        return take()
+
+    monkeypatch.setattr(link, "_take", cut_as_it_arrives)
+    with holding:
+        COMM.barrier()
+        if asks:
+            cut[0] = True
+            with pytest.raises(KeyboardInterrupt):
+                call()
+            assert not cut[0], "the reply never arrived"
+            assert not link.comm.Iprobe(link.master), "part of the reply was left unreceived"
+            assert link._rx is None and not link._started
+            again = call()  # the next call gets its own reply, whole
+            if what == "collect":
+                assert again == shared
+            else:
+                assert {e["key"] for e in again} == {repr(k) for k in keys}, again
+                assert all(h["rank"] == 0 for e in again for h in e["holders"]), again
+        COMM.barrier()
+    COMM.barrier()
+    assert ctrl.locks() == []

@@ -36,7 +36,7 @@ def test_a_rank_past_the_limit_leaves_its_stacks_and_is_killed():
         while time.monotonic() < deadline and not (written.exists() and written.stat().st_size):
             time.sleep(0.2)
         stacks = leftovers.collect(NODEID)
-        assert stacks.startswith("--- rank 1\n"), stacks
+        assert stacks.startswith("--- rank 1 (stacks)\n"), stacks
         assert "waiting_in_a_barrier" in stacks  # the rank's own frame, from faulthandler
         assert leftovers.collect(NODEID) == ""  # taken once
         assert leftovers.kill_ranks(NODEID) == [rank.pid]
@@ -55,3 +55,18 @@ def test_a_test_that_ends_in_time_leaves_nothing():
     leftovers.unwatch()
     assert leftovers.collect(NODEID) == ""
     assert not list(leftovers.DUMPS.glob(f"{leftovers.key(NODEID)}.*"))
+
+
+def test_a_failure_on_one_rank_is_kept_for_the_timeout_report_and_its_stacks_go_on():
+    leftovers.watch(NODEID, 0, 60.0)
+    try:
+        leftovers.failed(NODEID, 0, "call: MpilockError: rank 0 found something wrong")
+        leftovers.unwatch()  # the rank went on after its failure (to a close the others never reach, say)
+        stacks = leftovers.DUMPS / f"{leftovers.key(NODEID)}.0.txt"
+        assert stacks.exists(), "the stacks of a rank that failed must go on being written"
+        report = leftovers.collect(NODEID)
+        assert report == "--- rank 0 (failed here first)\ncall: MpilockError: rank 0 found something wrong", report
+        assert leftovers.collect(NODEID) == ""  # taken once
+    finally:
+        leftovers._failed.clear()
+        leftovers.unwatch()

@@ -19,15 +19,6 @@ from mpilock import link, storm
 SECONDS = float(os.environ.get("MPILOCK_STORM_SECONDS", "2"))
 
 
-NOT_OVER_TCP = pytest.mark.skipif(
-    os.environ.get("MPIR_CVAR_NOLOCAL") == "1",
-    reason="over MPICH's TCP transport one storm job in about 15 hangs (2026-12-07, 2 ranks, collect of 1 MB): "
-    "rank 1 stays in the Barrier after the storm that rank 0 has left; a raw 1 MB exchange under the same storm "
-    "with a polling thread (no mpilock) did not hang in 8 runs, so the cause is not pinned yet; the storm runs "
-    "over shared memory (MPICH, both loops, Open MPI: 54 runs without a hang) until it is",
-)
-
-
 def _storm(ctrl, kind, seed, threads=0):
     # A hang shows where every rank was shortly before the job was killed (tests/leftovers.py).
     result, failures = storm.storm(ctrl, kind, SECONDS, seed=seed, threads=threads)
@@ -40,28 +31,24 @@ def _storm(ctrl, kind, seed, threads=0):
 @pytest.mark.parametrize("kind", [k for k in storm.KINDS if k != "mixed"])
 @mpi(min_ranks=2, max_ranks=2, timeout=50)
 @pytest.mark.mpi_isolated
-@NOT_OVER_TCP
 def test_a_storm_of_interrupts_leaves_nothing_behind(ctrl, mpi_ranks, kind):
     _storm(ctrl, kind, mpi_ranks)
 
 
 @mpi(max_ranks=3, timeout=50)
 @pytest.mark.mpi_isolated
-@NOT_OVER_TCP
 def test_a_storm_of_every_kind_at_once_leaves_nothing_behind(ctrl, mpi_ranks):
     _storm(ctrl, "mixed", mpi_ranks)
 
 
 @mpi(min_ranks=2, max_ranks=2, timeout=50)
 @pytest.mark.mpi_isolated
-@NOT_OVER_TCP
 def test_a_storm_on_the_main_thread_leaves_the_other_threads_locks_alone(ctrl, mpi_ranks):
     _storm(ctrl, "mixed", mpi_ranks, threads=2)
 
 
 @mpi(min_ranks=2, max_ranks=2, timeout=50)
 @pytest.mark.mpi_isolated
-@NOT_OVER_TCP
 def test_a_storm_leaves_nothing_behind_with_requests_sent_from_python(mpi_ranks, monkeypatch):
     """The same with the pure-Python send path (what runs where the native module is not built)."""
     monkeypatch.setattr(link, "NATIVE_SENDS", False)

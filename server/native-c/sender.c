@@ -119,12 +119,19 @@ static void Sender_dealloc(SenderObject *s)
 {
     int finalized = 1;
     MPI_Finalized(&finalized);
-    if (s->n && !finalized) /* never free a buffer MPI may still read: complete the sends first */
-        MPI_Waitall(s->n, s->reqs, MPI_STATUSES_IGNORE);
-    if (!s->n || !finalized) {
-        for (int i = 0; i < s->n; i++)
+    /* Only a Sender dropped without finish() has sends here.  Never block (the GIL is held, and a send nobody
+     * receives would block forever) and never free a buffer MPI may still read: a send still in flight is
+     * detached (MPI_Request_free: it completes on its own) and its buffer leaked, as are those of a finalized MPI. */
+    for (int i = 0; i < s->n; i++) {
+        int done = 0;
+        if (!finalized) {
+            MPI_Test(&s->reqs[i], &done, MPI_STATUS_IGNORE);
+            if (!done)
+                MPI_Request_free(&s->reqs[i]);
+        }
+        if (done)
             free(s->bufs[i]);
-    } /* else: sends of a finalized MPI may be in flight; leak their buffers */
+    }
     for (int i = 0; i < s->nspare; i++)
         free(s->spare[i]);
     free(s->reqs);
